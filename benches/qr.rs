@@ -1,0 +1,55 @@
+//! QR rendering cost for a WhatsApp-sized payload (225 characters, version 11 at level M).
+//!
+//! `cargo bench --bench qr -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use qrcode::{EcLevel, QrCode};
+use qrlink::qr;
+
+/// `2@` then deterministic base64 noise, like a WhatsApp link QR.
+fn whatsapp_like() -> String {
+    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut payload = String::from("2@");
+    while payload.len() < 225 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        payload.push(char::from(BASE64[(state % 64) as usize]));
+    }
+    payload
+}
+
+fn benches(c: &mut Criterion) {
+    let payload = whatsapp_like();
+    let svg = qr::render_svg(&payload).expect("encodable");
+    let text = qr::render_text(&payload).expect("encodable");
+    println!(
+        "225-character payload: {} modules per side, SVG {} bytes, text {} bytes",
+        qr::encode(&payload).expect("encodable").width(),
+        svg.len(),
+        text.len()
+    );
+
+    c.bench_function("encode_225", |b| b.iter(|| qr::encode(black_box(&payload))));
+    c.bench_function("render_svg_225", |b| {
+        b.iter(|| qr::render_svg(black_box(&payload)))
+    });
+    c.bench_function("render_text_225", |b| {
+        b.iter(|| qr::render_text(black_box(&payload)))
+    });
+
+    // The baseline this module replaces: the same symbol from `qrcode` alone (milliseconds, so
+    // fewer samples).
+    let mut baseline = c.benchmark_group("baseline");
+    baseline.sample_size(20);
+    baseline.bench_function("qrcode_crate_encode_225", |b| {
+        b.iter(|| QrCode::with_error_correction_level(black_box(&payload), EcLevel::M))
+    });
+    baseline.finish();
+}
+
+criterion_group!(qr_benches, benches);
+criterion_main!(qr_benches);

@@ -1,0 +1,227 @@
+//! Configuration: command-line flags, each with an environment variable of the same meaning
+//! (a `.env` file is read first, like Unipile's Node and Python samples).
+//!
+//! The `///` comment of each field is its `--help` text.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Address served when nothing is configured: loopback, so a fresh `cargo run` exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// Unipile's public API base.
+pub const DEFAULT_UNIPILE_API_URL: &str = "https://api.unipile.com";
+/// Providers linked by default.
+pub const DEFAULT_PROVIDERS: &str = "whatsapp,google_messages,telegram";
+/// QR lifetime estimates: about 60 s per code, Telegram's login tokens about 30 s (UNIPILE.md).
+pub const DEFAULT_QR_TTL: &str = "60s,telegram=30s";
+
+/// `qrlink`: the command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "qrlink",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Gateway settings for the default `serve`.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gateway (the default).
+    Serve(Config),
+    /// Serve the embedded Unipile simulator alone, for any Unipile client.
+    Simulate(SimulateArgs),
+}
+
+/// Settings of `qrlink simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Address to serve the simulator on.
+    #[arg(long, default_value = "127.0.0.1:3100")]
+    pub listen: SocketAddr,
+    /// API key the simulator requires in `X-API-KEY`.
+    #[arg(
+        long,
+        env = "UNIPILE_API_KEY",
+        default_value = "demo",
+        hide_env_values = true
+    )]
+    pub api_key: String,
+    /// Lifetime of each simulated QR code (Telegram gets half of it).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub qr_ttl: Duration,
+    /// QR codes issued before `provider/timeout`.
+    #[arg(long, default_value_t = 5)]
+    pub qr_count: u32,
+}
+
+/// Settings of the gateway (`qrlink serve`).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to serve on.
+    #[arg(long, env = "QRLINK_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Unipile API base; the gateway calls `{base}/v2/auth/…`.
+    #[arg(long, env = "UNIPILE_API_URL", default_value = DEFAULT_UNIPILE_API_URL)]
+    pub unipile_api_url: String,
+
+    /// Unipile API key. Unset: demo mode against the embedded simulator.
+    #[arg(long, env = "UNIPILE_API_KEY", hide_env_values = true)]
+    pub unipile_api_key: Option<String>,
+
+    /// Providers this gateway links, comma separated.
+    #[arg(long, env = "QRLINK_PROVIDERS", default_value = DEFAULT_PROVIDERS, value_delimiter = ',')]
+    pub providers: Vec<String>,
+
+    /// QR lifetime estimate for `expires_at`: a default, then `provider=duration` overrides.
+    #[arg(long, env = "QRLINK_QR_TTL", default_value = DEFAULT_QR_TTL, value_parser = parse_qr_ttl)]
+    pub qr_ttl: QrTtl,
+
+    /// Total time spent retrying one failing upstream call before giving up.
+    #[arg(long, env = "QRLINK_UPSTREAM_RETRY_BUDGET", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_retry_budget: Duration,
+
+    /// First retry delay; doubles per attempt (full jitter), capped at 5 s.
+    #[arg(long, env = "QRLINK_UPSTREAM_BACKOFF", default_value = "250ms", value_parser = parse_duration)]
+    pub upstream_backoff: Duration,
+
+    /// Time allowed to open a connection to Unipile.
+    #[arg(long, env = "QRLINK_UPSTREAM_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// Longest a Solve a Checkpoint long poll may take (Unipile holds it until the QR rotates).
+    #[arg(long, env = "QRLINK_UPSTREAM_POLL_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub upstream_poll_timeout: Duration,
+
+    /// Time given to open sessions to say goodbye on shutdown before they are dropped.
+    #[arg(long, env = "QRLINK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Public base URL of this gateway, used in demo QR codes so a phone can open the scan
+    /// page (e.g. `http://192.168.1.20:3000`). Default: `http://{listen}`.
+    #[arg(long, env = "QRLINK_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Demo mode: lifetime of each simulated QR code (Telegram gets half of it).
+    #[arg(long, env = "QRLINK_DEMO_QR_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub demo_qr_ttl: Duration,
+
+    /// Demo mode: QR codes the simulator issues before `provider/timeout`.
+    #[arg(long, env = "QRLINK_DEMO_QR_COUNT", default_value_t = 5)]
+    pub demo_qr_count: u32,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "QRLINK_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Parses flags only (no environment), for tests and embedding: `Config::from_args(["--listen", "127.0.0.1:0"])`.
+    pub fn from_args<I, S>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        #[command(args_override_self = true)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("qrlink"))
+            .chain(args.into_iter().map(Into::into));
+        Only::try_parse_from(argv).map(|o| o.config)
+    }
+
+    /// Whether the gateway runs against its embedded simulator (no API key configured).
+    pub fn demo(&self) -> bool {
+        self.unipile_api_key.is_none()
+    }
+}
+
+/// QR lifetime estimates per provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QrTtl {
+    /// Lifetime of providers without an override.
+    pub default: Duration,
+    /// Per-provider overrides.
+    pub per_provider: BTreeMap<String, Duration>,
+}
+
+impl QrTtl {
+    /// The estimate for one provider.
+    pub fn for_provider(&self, provider: &str) -> Duration {
+        self.per_provider
+            .get(provider)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// Parses `60s`, `250ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration: {e}"))
+}
+
+/// Parses `60s,telegram=30s`: an optional default, then `provider=duration` overrides.
+pub fn parse_qr_ttl(s: &str) -> Result<QrTtl, String> {
+    let mut ttl = QrTtl {
+        default: Duration::from_secs(60),
+        per_provider: BTreeMap::new(),
+    };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some((provider, d)) => {
+                ttl.per_provider
+                    .insert(provider.trim().to_owned(), parse_duration(d)?);
+            }
+            None => ttl.default = parse_duration(part)?,
+        }
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_demo_mode_on_loopback() {
+        let c = Config::from_args::<_, &str>([]).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert!(c.demo());
+        assert_eq!(c.providers, ["whatsapp", "google_messages", "telegram"]);
+        assert_eq!(c.qr_ttl.for_provider("whatsapp"), Duration::from_secs(60));
+        assert_eq!(c.qr_ttl.for_provider("telegram"), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn qr_ttl_accepts_overrides_and_rejects_garbage() {
+        let t = parse_qr_ttl("45s, google_messages=30s").unwrap();
+        assert_eq!(t.for_provider("whatsapp"), Duration::from_secs(45));
+        assert_eq!(t.for_provider("google_messages"), Duration::from_secs(30));
+        assert!(parse_qr_ttl("telegram=soon").is_err());
+    }
+}

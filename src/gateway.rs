@@ -1,0 +1,275 @@
+//! The gateway: shared state, the router, and `serve` with a shutdown the gateway owns.
+//!
+//! axum's graceful shutdown does not wait for upgraded sockets (axum issue #3003), so every
+//! WebSocket task joins a [`TaskTracker`] and watches one [`CancellationToken`]: on shutdown the
+//! token tells each session to send `gateway/shutting_down` and close 1001, and `serve` waits
+//! for the tracker, bounded by the configured grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::sessions::SessionRegistry;
+use crate::simulator::{Simulator, SimulatorConfig};
+use crate::upstream::{self, RetryPolicy, Timeouts, UnipileClient};
+use crate::{assets, ws};
+
+/// Where the embedded simulator is mounted in demo mode.
+pub const SIMULATOR_MOUNT: &str = "/simulator";
+
+/// Display names of the providers the page knows; others show their id.
+fn provider_name(id: &str) -> &str {
+    match id {
+        "whatsapp" => "WhatsApp",
+        "google_messages" => "Google Messages",
+        "telegram" => "Telegram",
+        other => other,
+    }
+}
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct AppState {
+    /// The configuration the gateway started with.
+    pub config: Config,
+    /// The one Unipile client (one connection pool).
+    pub upstream: UnipileClient,
+    /// Open link attempts.
+    pub sessions: SessionRegistry,
+    /// Cancelled when shutdown begins; every socket task watches it.
+    pub shutdown: CancellationToken,
+    /// Every socket task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// False once shutdown has begun (`/readyz`).
+    pub ready: AtomicBool,
+    /// The embedded simulator, in demo mode.
+    pub simulator: Option<Simulator>,
+    /// The simulator's 2FA password, shown on the page in demo mode.
+    demo_twofa_password: Option<String>,
+}
+
+/// A configured gateway, ready to serve on a bound listener.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    /// Builds the gateway for a listener bound at `local_addr` (demo mode calls its own
+    /// simulator through that address).
+    pub fn new(config: Config, local_addr: SocketAddr) -> Result<Gateway, upstream::BuildError> {
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"));
+        let (base, key, simulator) = match &config.unipile_api_key {
+            Some(key) => (config.unipile_api_url.clone(), key.clone(), None),
+            None => {
+                let key = demo_api_key();
+                let mut sim = SimulatorConfig::demo_defaults(key.clone());
+                for p in &mut sim.providers {
+                    p.qr_ttl = if p.name == "telegram" {
+                        config.demo_qr_ttl / 2
+                    } else {
+                        config.demo_qr_ttl
+                    };
+                    p.qr_count = config.demo_qr_count;
+                }
+                sim.scan_base_url = Some(format!(
+                    "{}{SIMULATOR_MOUNT}",
+                    public_url.trim_end_matches('/')
+                ));
+                let base = format!("http://{}{SIMULATOR_MOUNT}", loopback_of(local_addr));
+                let twofa = sim.providers.iter().find_map(|p| p.twofa_password.clone());
+                (base, key, Some((Simulator::new(sim), twofa)))
+            }
+        };
+        let upstream = UnipileClient::new(
+            &base,
+            &key,
+            RetryPolicy {
+                budget: config.upstream_retry_budget,
+                base: config.upstream_backoff,
+            },
+            Timeouts {
+                connect: config.upstream_connect_timeout,
+                poll: config.upstream_poll_timeout,
+            },
+        )?;
+        Ok(Gateway {
+            state: Arc::new(AppState {
+                config,
+                upstream,
+                sessions: SessionRegistry::new(),
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                ready: AtomicBool::new(true),
+                demo_twofa_password: simulator.as_ref().and_then(|s| s.1.clone()),
+                simulator: simulator.map(|s| s.0),
+            }),
+        })
+    }
+
+    /// The shared state (registry, simulator) for tests and embedding.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, tells every session, and waits
+    /// for the socket tasks at most `shutdown_grace`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state;
+        let token = state.shutdown.clone();
+        let grace = state.config.shutdown_grace;
+        {
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = shutdown => tracing::info!("shutdown requested"),
+                    () = state.shutdown.cancelled() => {}
+                }
+                state.ready.store(false, Ordering::SeqCst);
+                state.shutdown.cancel();
+                // Answer the embedded simulator's held long polls so HTTP shutdown is prompt.
+                if let Some(sim) = &state.simulator {
+                    sim.shutdown();
+                }
+            });
+        }
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+        // Plain HTTP requests get the grace period too; after it they are dropped.
+        tokio::select! {
+            r = server => r?,
+            () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("HTTP connections still open after the grace period");
+            }
+        }
+        state.tracker.close();
+        if tokio::time::timeout(grace, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = state.tracker.len(),
+                "sessions still open after the grace period"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The gateway's routes; `serve` adds connection info (the WebSocket handler needs it).
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut app = Router::new()
+        .route("/ws/link/{provider}", get(ws::link))
+        .route("/config.json", get(page_config))
+        .route("/api/sessions", get(list_sessions))
+        .route("/api/sessions/{id}", delete(cancel_session))
+        .route("/api/providers", get(list_providers))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(assets::serve);
+    if let Some(sim) = &state.simulator {
+        app = app.nest_service(SIMULATOR_MOUNT, sim.router());
+    }
+    app.with_state(state)
+}
+
+/// A random key for the embedded simulator, so nothing else on the machine can use it as an
+/// open Unipile stand-in by guessing.
+fn demo_api_key() -> String {
+    use rand::Rng;
+    let n: u128 = rand::rng().random();
+    format!("demo_{n:032x}")
+}
+
+/// The address to call ourselves on: loopback when bound to every interface.
+fn loopback_of(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], addr.port())),
+        _ => addr,
+    }
+}
+
+fn providers_json(state: &AppState) -> Vec<serde_json::Value> {
+    state
+        .config
+        .providers
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p,
+                "name": provider_name(p),
+                "qr_ttl_secs": state.config.qr_ttl.for_provider(p).as_secs(),
+            })
+        })
+        .collect()
+}
+
+async fn page_config(State(state): State<Arc<AppState>>) -> Response {
+    let demo = state.simulator.is_some();
+    let body = json!({
+        "protocol": crate::protocol::PROTOCOL_VERSION,
+        "demo": demo,
+        "token_required": false,
+        "simulator": demo.then_some(SIMULATOR_MOUNT),
+        "demo_twofa_password": state.demo_twofa_password,
+        "providers": providers_json(&state),
+    });
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+async fn list_providers(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "providers": providers_json(&state) }))
+}
+
+async fn list_sessions(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "sessions": state.sessions.snapshot() })),
+    )
+        .into_response()
+}
+
+async fn cancel_session(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if state.sessions.cancel(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such session" })),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}

@@ -1,0 +1,36 @@
+//! qrlink: a WebSocket gateway that links WhatsApp, Google Messages and Telegram accounts to
+//! Unipile by QR code.
+//!
+//! A browser opens one WebSocket per link attempt; the gateway calls Unipile's Start Auth Intent,
+//! long-polls Solve a Checkpoint, and pushes JSON frames (`qr` already rendered as SVG,
+//! `checkpoint`, `account`, `timeout`, `error`). When the browser goes, the upstream work stops.
+//!
+//! # Layout
+//! - [`config`]: flags and environment variables (`--help` text lives there).
+//! - [`gateway`]: shared state, the router, `serve` with an owned graceful shutdown.
+//! - [`ws`]: the `/ws/link/{provider}` socket loop; carries frames, decides nothing upstream.
+//! - [`link`]: one link attempt, the checkpoint loop, as a plain async function over a channel.
+//! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries.
+//! - [`sessions`]: the registry of open attempts (DashMap behind a drop guard).
+//! - [`protocol`]: wire frames, error and close codes, limits.
+//! - [`qr`]: QR encoding and SVG / terminal rendering, pure functions.
+//! - [`simulator`]: the embedded Unipile simulator (demo mode, tests, `qrlink simulate`).
+//! - [`assets`]: the embedded pages of `web/`.
+//! - [`telemetry`]: tracing setup.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod assets;
+pub mod config;
+pub mod gateway;
+pub mod link;
+pub mod protocol;
+pub mod qr;
+pub mod sessions;
+pub mod simulator;
+pub mod telemetry;
+pub mod upstream;
+pub mod ws;
+
+pub use config::Config;
+pub use gateway::Gateway;

@@ -1,0 +1,243 @@
+//! One link attempt: Start Auth Intent, then the Solve a Checkpoint loop, as one async function
+//! that sends [`ServerFrame`]s into a channel. It knows nothing of WebSockets.
+//!
+//! Cancellation is by dropping the future: the in-flight upstream request is dropped with it,
+//! which closes its connection at once (reqwest/hyper do not reuse a connection whose response
+//! was abandoned).
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::protocol::{ErrorFrame, QrFrame, ServerFrame, codes, message_for, upstream_retryable};
+use crate::qr;
+use crate::upstream::{self, AuthResponse, IntentRequest, UnipileClient};
+
+/// Which renderings of the QR a client asked for (`?qr=svg,text,raw`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QrFormats {
+    /// SVG document (the default).
+    pub svg: bool,
+    /// Unicode half blocks for terminals.
+    pub text: bool,
+    /// The string the QR encodes.
+    pub raw: bool,
+}
+
+impl Default for QrFormats {
+    fn default() -> Self {
+        QrFormats {
+            svg: true,
+            text: false,
+            raw: false,
+        }
+    }
+}
+
+impl QrFormats {
+    /// Parses `svg,text,raw`. Unknown names are ignored (newer clients may ask for more);
+    /// asking for nothing known means the default, SVG.
+    pub fn parse(list: &str) -> QrFormats {
+        let mut f = QrFormats {
+            svg: false,
+            text: false,
+            raw: false,
+        };
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "svg" => f.svg = true,
+                "text" => f.text = true,
+                "raw" => f.raw = true,
+                _ => {}
+            }
+        }
+        if f == (QrFormats {
+            svg: false,
+            text: false,
+            raw: false,
+        }) {
+            QrFormats::default()
+        } else {
+            f
+        }
+    }
+}
+
+/// What the attempt links and how it renders.
+#[derive(Debug, Clone)]
+pub struct LinkRequest {
+    /// Provider name as Unipile knows it.
+    pub provider: String,
+    /// Relink this account.
+    pub account_id: Option<String>,
+    /// Operator reference (the connect token's `sub`), sent as `state` and echoed on `account`.
+    pub state: Option<String>,
+    /// `custom_proxy` for Unipile, from the connect token.
+    pub proxy: Option<Value>,
+    /// Renderings to include in `qr` frames.
+    pub formats: QrFormats,
+    /// Estimate of a QR's lifetime, for `expires_at`.
+    pub qr_ttl: Duration,
+}
+
+/// Runs one link attempt to its end. Non-terminal frames (`qr`, `checkpoint`) and finally
+/// exactly one terminal frame are sent into `frames`; `codes` carries the client's answers to
+/// checkpoints. Returns early, sending nothing more, if either channel's other end is gone.
+pub async fn run(
+    upstream: &UnipileClient,
+    req: &LinkRequest,
+    frames: mpsc::Sender<ServerFrame>,
+    mut codes: mpsc::Receiver<String>,
+) {
+    let intent = IntentRequest {
+        provider: req.provider.clone(),
+        account_id: req.account_id.clone(),
+        state: req.state.clone(),
+        config: req
+            .proxy
+            .clone()
+            .map(|p| serde_json::json!({ "custom_proxy": p })),
+        ..IntentRequest::default()
+    };
+    let mut rotation = 0u32;
+    let mut answer = upstream.start_intent(&intent).await;
+    loop {
+        let next = match answer {
+            Ok(AuthResponse::QrCode { qrcode, intent_id }) => {
+                rotation += 1;
+                let frame = match qr_frame(req, rotation, &qrcode, &intent_id) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upstream QR cannot be rendered");
+                        let _ = frames
+                            .send(gateway_error(codes::UPSTREAM_INVALID, true))
+                            .await;
+                        return;
+                    }
+                };
+                if frames.send(frame).await.is_err() {
+                    return;
+                }
+                upstream.solve_checkpoint(&intent_id, "").await
+            }
+            Ok(AuthResponse::Checkpoint {
+                intent_id,
+                checkpoint,
+            }) => {
+                // Codes typed before this checkpoint was shown answer nothing.
+                while codes.try_recv().is_ok() {}
+                if frames
+                    .send(ServerFrame::Checkpoint { checkpoint })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Some(code) = codes.recv().await else {
+                    return;
+                };
+                upstream.solve_checkpoint(&intent_id, &code).await
+            }
+            Ok(AuthResponse::Account(account)) => {
+                let _ = frames
+                    .send(ServerFrame::Account {
+                        account,
+                        state: req.state.clone(),
+                    })
+                    .await;
+                return;
+            }
+            Ok(AuthResponse::OauthUrl { .. }) => {
+                let _ = frames
+                    .send(gateway_error(codes::UNSUPPORTED_STEP, false))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = frames.send(error_frame(e, rotation)).await;
+                return;
+            }
+        };
+        answer = next;
+    }
+}
+
+fn qr_frame(
+    req: &LinkRequest,
+    rotation: u32,
+    qrcode: &str,
+    intent_id: &str,
+) -> Result<ServerFrame, qr::QrError> {
+    let matrix = qr::encode(qrcode)?;
+    Ok(ServerFrame::Qr(QrFrame {
+        rotation,
+        intent_id: intent_id.to_owned(),
+        expires_at: humantime::format_rfc3339_seconds(SystemTime::now() + req.qr_ttl).to_string(),
+        svg: req.formats.svg.then(|| matrix.to_svg()),
+        text: req.formats.text.then(|| matrix.to_text()),
+        raw: req.formats.raw.then(|| qrcode.to_owned()),
+    }))
+}
+
+fn gateway_error(code: &str, retryable: bool) -> ServerFrame {
+    ServerFrame::Error(ErrorFrame::gateway(code, retryable))
+}
+
+/// Maps an upstream failure to the terminal frame the browser gets.
+pub fn error_frame(e: upstream::Error, rotations: u32) -> ServerFrame {
+    match e {
+        upstream::Error::Api(api) if api.kind == codes::PROVIDER_TIMEOUT => {
+            ServerFrame::Timeout { rotations }
+        }
+        upstream::Error::Api(api) => ServerFrame::Error(ErrorFrame {
+            message: message_for(&api.kind).to_owned(),
+            retryable: upstream_retryable(&api.kind),
+            code: api.kind,
+            detail: api.detail,
+            req_id: api.req_id,
+        }),
+        upstream::Error::Unavailable { .. } => gateway_error(codes::UPSTREAM_UNAVAILABLE, true),
+        upstream::Error::Invalid(reason) => {
+            tracing::warn!(%reason, "unreadable upstream answer");
+            gateway_error(codes::UPSTREAM_INVALID, true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qr_formats_default_to_svg_and_ignore_unknown_names() {
+        assert_eq!(QrFormats::parse(""), QrFormats::default());
+        assert_eq!(QrFormats::parse("png"), QrFormats::default());
+        let f = QrFormats::parse("text, raw,future");
+        assert!(!f.svg && f.text && f.raw);
+    }
+
+    #[test]
+    fn provider_timeout_becomes_a_timeout_frame_and_others_pass_through() {
+        let api = |kind: &str| {
+            upstream::Error::Api(upstream::ApiError {
+                kind: kind.into(),
+                status: 504,
+                detail: Some("d".into()),
+                req_id: Some("r".into()),
+            })
+        };
+        assert_eq!(
+            error_frame(api("provider/timeout"), 5),
+            ServerFrame::Timeout { rotations: 5 }
+        );
+        match error_frame(api("api/already_exists"), 1) {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, "api/already_exists");
+                assert_eq!(e.detail.as_deref(), Some("d"));
+                assert!(!e.retryable);
+            }
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The `qrlink` binary: parse the configuration, set up logs, bind, serve until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use qrlink::config::{Cli, Command, Config, LogFormat, SimulateArgs};
+use qrlink::simulator::{Simulator, SimulatorConfig};
+use qrlink::{Gateway, telemetry};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Like Unipile's Node and Python samples, settings may come from a `.env` file.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(config)) => serve(config).await,
+        Some(Command::Simulate(args)) => simulate(args).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(config.log_format);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let demo = config.demo();
+    let gateway = Gateway::new(config, addr)?;
+    if demo {
+        tracing::warn!(
+            "DEMO MODE: no UNIPILE_API_KEY is set, so QR codes come from the embedded Unipile \
+             simulator at /simulator and no real account can be linked"
+        );
+    }
+    tracing::info!(%addr, "qrlink listening; open http://{addr}/");
+    gateway.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    telemetry::init(LogFormat::Text);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let mut config = SimulatorConfig::demo_defaults(args.api_key);
+    for p in &mut config.providers {
+        p.qr_ttl = if p.name == "telegram" {
+            args.qr_ttl / 2
+        } else {
+            args.qr_ttl
+        };
+        p.qr_count = args.qr_count;
+    }
+    tracing::info!(%addr, "Unipile simulator listening; point UNIPILE_API_URL at http://{addr}");
+    Simulator::new(config)
+        .serve(listener, shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

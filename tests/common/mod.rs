@@ -1,0 +1,268 @@
+//! Test harness: a gateway and a Unipile simulator, each on its own 127.0.0.1:0 port, talking
+//! real HTTP to each other; a typed WebSocket client that speaks the protocol's frames.
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use qrlink::gateway::AppState;
+use qrlink::protocol::{Envelope, ErrorFrame, QrFrame, ServerFrame};
+use qrlink::simulator::{ProviderSim, Simulator, SimulatorConfig};
+use qrlink::{Config, Gateway};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound for any single wait in a test: generous, so a slow CI machine does not flake,
+/// yet a hang fails the test instead of stalling the run.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The key the test simulator requires.
+pub const API_KEY: &str = "test-key-5f1d2c";
+
+/// The Telegram 2FA password of the test simulator.
+pub const TWOFA: &str = "correct horse";
+
+/// Logs go to a sink unless `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Fast simulator timings: QRs that live `ttl`, `count` of them.
+pub fn sim_config(ttl: Duration, count: u32) -> SimulatorConfig {
+    let mut config = SimulatorConfig::demo_defaults(API_KEY);
+    config.providers = vec![
+        ProviderSim::new("whatsapp", ttl, count),
+        ProviderSim::new("google_messages", ttl, count),
+        ProviderSim {
+            twofa_password: Some(TWOFA.to_owned()),
+            ..ProviderSim::new("telegram", ttl, count)
+        },
+    ];
+    config.scan_base_url = None;
+    config
+}
+
+/// Serves a simulator on 127.0.0.1:0 until dropped.
+pub struct TestSimulator {
+    pub sim: Simulator,
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestSimulator {
+    pub async fn start(config: SimulatorConfig) -> TestSimulator {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sim = Simulator::new(config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(sim.clone().serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestSimulator {
+            sim,
+            addr,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A gateway on 127.0.0.1:0 in front of its own simulator; shuts down when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub upstream: TestSimulator,
+    stop: Option<oneshot::Sender<()>>,
+    pub served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    /// QRs of 300 ms, three of them: long enough for a test to act on a QR, short enough that
+    /// the whole rotation-to-timeout flow takes about a second.
+    pub async fn start() -> TestGateway {
+        Self::with(sim_config(Duration::from_millis(300), 3), &[]).await
+    }
+
+    pub async fn with(sim: SimulatorConfig, extra_args: &[&str]) -> TestGateway {
+        init_logs();
+        let upstream = TestSimulator::start(sim).await;
+        let mut args = vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--unipile-api-url".to_owned(),
+            upstream.url(),
+            "--unipile-api-key".to_owned(),
+            API_KEY.to_owned(),
+            "--upstream-retry-budget".to_owned(),
+            "3s".to_owned(),
+            "--upstream-backoff".to_owned(),
+            "20ms".to_owned(),
+            "--shutdown-grace".to_owned(),
+            "3s".to_owned(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let config = Config::from_args(args).expect("test config parses");
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = Gateway::new(config, addr).expect("gateway builds");
+        let state = gateway.state().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(gateway.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr,
+            state,
+            upstream,
+            stop: Some(stop),
+            served: Some(served),
+        }
+    }
+
+    pub fn sim(&self) -> &Simulator {
+        &self.upstream.sim
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn connect(&self, path: &str) -> WsClient {
+        WsClient::connect(&format!("ws://{}{path}", self.addr)).await
+    }
+
+    /// Starts shutdown, as SIGTERM would.
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until no session is registered (each socket task's guard removes its own).
+    pub async fn wait_for_no_sessions(&self) {
+        tokio::time::timeout(WAIT, self.state.sessions.wait_for_count(|n| n == 0))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "expected no sessions, still {:?}",
+                    self.state.sessions.snapshot()
+                )
+            });
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// A WebSocket client that speaks the protocol's frames.
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the server sent next.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Envelope),
+    Close(u16),
+    /// The connection ended without a Close frame.
+    Eof,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        WsClient { ws }
+    }
+
+    pub async fn next(&mut self) -> Next {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("expected a message from the gateway, got nothing in time");
+            match msg {
+                None => return Next::Eof,
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Ok(Message::Text(t))) => {
+                    let env: Envelope = serde_json::from_str(&t)
+                        .unwrap_or_else(|e| panic!("frame {t} does not parse: {e}"));
+                    return Next::Frame(env);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Next::Close(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn frame(&mut self) -> Envelope {
+        match self.next().await {
+            Next::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    pub async fn qr(&mut self) -> QrFrame {
+        match self.frame().await.frame {
+            ServerFrame::Qr(q) => q,
+            other => panic!("expected a qr frame, got {other:?}"),
+        }
+    }
+
+    pub async fn error(&mut self) -> ErrorFrame {
+        match self.frame().await.frame {
+            ServerFrame::Error(e) => e,
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+
+    /// Expects the server's Close and returns its code.
+    pub async fn closed(&mut self) -> u16 {
+        match self.next().await {
+            Next::Close(code) => code,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+
+    pub async fn send_json(&mut self, v: serde_json::Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send(&mut self, msg: Message) {
+        self.ws.send(msg).await.unwrap();
+    }
+}
+
+/// Every frame of a session until the close, and the close code.
+pub async fn frames_until_close(client: &mut WsClient) -> (Vec<Envelope>, u16) {
+    let mut frames = Vec::new();
+    loop {
+        match client.next().await {
+            Next::Frame(f) => frames.push(f),
+            Next::Close(code) => return (frames, code),
+            Next::Eof => panic!("connection ended without a close after {frames:?}"),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The QR flow end to end: gateway and simulator over real TCP, a real WebSocket client.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{TWOFA, TestGateway, WsClient, frames_until_close, sim_config};
+use qrlink::protocol::{ServerFrame, close};
+use serde_json::json;
+
+#[tokio::test]
+async fn rotation_then_scan_gives_two_different_qrs_then_the_account_and_close_1000() {
+    let gw = TestGateway::start().await;
+    let mut client = gw.connect("/ws/link/whatsapp?qr=svg,raw").await;
+
+    let first = client.qr().await;
+    assert_eq!(first.rotation, 1);
+    assert!(first.intent_id.starts_with("acc_"), "{}", first.intent_id);
+    assert!(first.svg.as_deref().unwrap().starts_with("<svg"));
+    let second = client.qr().await;
+    assert_eq!(second.rotation, 2);
+    assert_eq!(second.intent_id, first.intent_id);
+    assert_ne!(second.raw, first.raw, "a rotation must bring a new code");
+    assert_ne!(second.svg, first.svg);
+
+    gw.sim().scan(&second.intent_id).expect("scan");
+    let account = client.frame().await;
+    match &account.frame {
+        ServerFrame::Account { account, state } => {
+            assert!(account["id"].as_str().unwrap().starts_with("acc_"));
+            assert_eq!(account["provider"], "whatsapp");
+            assert_eq!(*state, None);
+        }
+        other => panic!("expected an account frame, got {other:?}"),
+    }
+    assert_eq!(account.seq, 3, "frames are numbered 1, 2, 3");
+    assert_eq!(client.closed().await, close::NORMAL);
+    gw.wait_for_no_sessions().await;
+}
+
+#[tokio::test]
+async fn no_scan_gives_every_qr_then_a_timeout() {
+    let gw = TestGateway::with(sim_config(Duration::from_millis(60), 3), &[]).await;
+    let mut client = gw.connect("/ws/link/google_messages").await;
+    let (frames, code) = frames_until_close(&mut client).await;
+    let kinds: Vec<_> = frames
+        .iter()
+        .map(|f| match &f.frame {
+            ServerFrame::Qr(q) => format!("qr{}", q.rotation),
+            ServerFrame::Timeout { rotations } => format!("timeout{rotations}"),
+            other => panic!("unexpected frame {other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["qr1", "qr2", "qr3", "timeout3"]);
+    let session = &frames[0].session;
+    assert!(frames.iter().all(|f| &f.session == session));
+    assert_eq!(
+        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(code, close::NORMAL);
+}
+
+#[tokio::test]
+async fn qr_frames_carry_an_expiry_estimate_from_the_provider_lifetime() {
+    let gw = TestGateway::with(
+        sim_config(Duration::from_secs(5), 2),
+        &["--qr-ttl", "60s,telegram=30s"],
+    )
+    .await;
+    let mut client = gw.connect("/ws/link/telegram").await;
+    let qr = client.qr().await;
+    let expires = humantime::parse_rfc3339(&qr.expires_at).expect("RFC 3339");
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_secs(27) && left <= Duration::from_secs(31),
+        "telegram QR should expire in about 30 s, got {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn text_and_raw_renderings_come_only_when_asked() {
+    let gw = TestGateway::start().await;
+    let mut plain = gw.connect("/ws/link/whatsapp").await;
+    let q = plain.qr().await;
+    assert!(q.svg.is_some() && q.text.is_none() && q.raw.is_none());
+
+    let mut terminal = gw.connect("/ws/link/whatsapp?qr=text").await;
+    let q = terminal.qr().await;
+    assert!(q.svg.is_none() && q.raw.is_none());
+    let text = q.text.expect("text rendering");
+    assert!(text.contains('█') || text.contains('▀'), "{text}");
+    let issued = gw.sim().issued_qrs(&q.intent_id);
+    assert!(!text.contains(issued[0].as_str()));
+}
+
+#[tokio::test]
+async fn telegram_2fa_checkpoint_then_the_right_code_gives_the_account() {
+    let gw = TestGateway::with(sim_config(Duration::from_secs(5), 2), &[]).await;
+    let mut client = gw.connect("/ws/link/telegram").await;
+    let qr = client.qr().await;
+    gw.sim().scan(&qr.intent_id).unwrap();
+    match client.frame().await.frame {
+        ServerFrame::Checkpoint { checkpoint } => assert_eq!(checkpoint["type"], "2FA"),
+        other => panic!("expected a checkpoint frame, got {other:?}"),
+    }
+    client.send_json(json!({"type":"code","code":TWOFA})).await;
+    match client.frame().await.frame {
+        ServerFrame::Account { account, .. } => assert_eq!(account["provider"], "telegram"),
+        other => panic!("expected an account frame, got {other:?}"),
+    }
+    assert_eq!(client.closed().await, close::NORMAL);
+}
+
+#[tokio::test]
+async fn a_wrong_2fa_code_gives_its_error() {
+    let gw = TestGateway::with(sim_config(Duration::from_secs(5), 2), &[]).await;
+    let mut client = gw.connect("/ws/link/telegram").await;
+    let qr = client.qr().await;
+    gw.sim().scan(&qr.intent_id).unwrap();
+    assert!(matches!(
+        client.frame().await.frame,
+        ServerFrame::Checkpoint { .. }
+    ));
+    client
+        .send_json(json!({"type":"code","code":"wrong guess"}))
+        .await;
+    let err = client.error().await;
+    assert_eq!(err.code, "provider/invalid_checkpoint_code");
+    assert!(err.retryable);
+    assert_eq!(client.closed().await, close::NORMAL);
+}
+
+#[tokio::test]
+async fn relinking_sends_the_account_id_upstream_and_gets_that_account_back() {
+    let gw = TestGateway::start().await;
+    let mut client = gw
+        .connect("/ws/link/whatsapp?account_id=acc_existing123")
+        .await;
+    let qr = client.qr().await;
+    gw.sim().scan(&qr.intent_id).unwrap();
+    match client.frame().await.frame {
+        ServerFrame::Account { account, .. } => assert_eq!(account["id"], "acc_existing123"),
+        other => panic!("expected an account frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_attempts_each_get_their_own_qr_and_end_cleanly() {
+    let gw = TestGateway::with(sim_config(Duration::from_secs(10), 2), &[]).await;
+    let url = format!("ws://{}/ws/link/whatsapp?qr=raw", gw.addr);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = WsClient::connect(&url).await;
+            let qr = client.qr().await;
+            (client, qr)
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    let raws: HashSet<_> = clients
+        .iter()
+        .map(|(_, q)| q.raw.clone().unwrap())
+        .collect();
+    let intents: HashSet<_> = clients.iter().map(|(_, q)| q.intent_id.clone()).collect();
+    assert_eq!(raws.len(), 200, "every attempt gets its own code");
+    assert_eq!(intents.len(), 200);
+    assert_eq!(gw.state.sessions.len(), 200);
+
+    let mut finished = Vec::new();
+    for (mut client, qr) in clients {
+        gw.sim().scan(&qr.intent_id).unwrap();
+        finished.push(tokio::spawn(async move {
+            let (frames, code) = frames_until_close(&mut client).await;
+            assert!(
+                matches!(
+                    frames.last().map(|f| &f.frame),
+                    Some(ServerFrame::Account { .. })
+                ),
+                "expected the account last, got {frames:?}"
+            );
+            assert_eq!(code, close::NORMAL);
+        }));
+    }
+    for f in finished {
+        f.await.unwrap();
+    }
+    gw.wait_for_no_sessions().await;
+}

@@ -1,0 +1,1076 @@
+/*
+ * qrlink link page: pick an app, scan a QR code, get the account linked.
+ *
+ * Plain script, no build step, no external resources. It runs under the gateway's CSP
+ * (default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;
+ * connect-src 'self'; frame-ancestors 'self'), so: no inline scripts, no style attributes;
+ * dynamic values go through classes, `hidden`, and CSS custom properties set with
+ * el.style.setProperty (CSSOM, which CSP allows).
+ *
+ * URL parameters
+ *   provider  start linking this app at once (`/?provider=whatsapp`); otherwise show the picker
+ *   token     connect token, passed on to the WebSocket as `?token=`
+ *   origin    the embedding page's origin (`https://app.example.com`); see "Messages to the host"
+ *
+ * Talks to (all same origin, resolved relative to this page so a path prefix works):
+ *   GET  config.json                      protocol, demo flag, simulator path, providers
+ *   WS   ws/link/{provider}[?token=…]     protocol v1 frames (DESIGN.md section 4)
+ *   POST {simulator}/scan/{intent_id}     demo mode only: "Simulate scan"
+ *
+ * State machine. main#app carries data-state, one of
+ *   idle → connecting → qr ⇄ qr (rotation) → checkpoint → account
+ *                                          ↘ timeout | error | disconnected
+ * and data-provider (the app being linked). render(state) shows the section whose
+ * data-view lists the state and nothing else; the enter*() functions fill a view's content
+ * and then call render. Every socket handler first checks that its attempt is still the
+ * current one, so a late frame from an old socket can never repaint the page.
+ *
+ * DOM hooks (stable, used by the browser tests)
+ *   main#app[data-state][data-provider]
+ *   #picker: button[data-provider="whatsapp|google_messages|telegram"]
+ *   #link (connecting, qr): #qr (role=img, holds exactly one <svg> once a code is shown, none
+ *     in any other state), #rotation, #countdown, #simulate-scan (demo only),
+ *     #demo-twofa-hint (Telegram in demo)
+ *   #checkpoint: #twofa-form (aria-busy="true" while checking), #twofa-code, #twofa-submit,
+ *     #twofa-demo
+ *   #success: #account-name, #account-provider, #account-id, #link-another
+ *   #error (timeout, error, disconnected): #error-message, #error-hint, #retry (hidden when
+ *     not retryable), #error-details
+ *   #status (role=status, aria-live=polite): one sentence per state change
+ *   #demo-banner, #choose-another
+ *
+ * What the page assumes of the gateway
+ *   - No WebSocket subprotocol is requested (Chrome fails a handshake whose requested
+ *     subprotocol the server does not echo).
+ *   - config.json providers may carry `max_rotations` (or `qr_rotations`): then the page says
+ *     "Code 2 of up to 5"; without it, "Code 2".
+ *   - A QR SVG whose viewBox counts modules (e.g. "0 0 37 37", quiet zone included) is drawn
+ *     at a whole number of device pixels per module; a viewBox in pixels is just scaled.
+ *
+ * Messages to the host (window.opener, or window.parent when framed)
+ *   On each terminal frame the page posts one message:
+ *     {source:"qrlink", version:1, type:"account", provider, session, account, state}
+ *     {source:"qrlink", version:1, type:"timeout", provider, session, rotations}
+ *     {source:"qrlink", version:1, type:"error",   provider, session, code, message,
+ *      retryable, detail, req_id}
+ *   The target origin: a page that opened us can be any site, so nothing it should not see
+ *   goes to "*".
+ *   - With `?origin=https://host.example` (a valid http(s) origin) the message is posted with
+ *     that targetOrigin, so the browser delivers it only to that origin, and it carries
+ *     everything: the full upstream `account` object, `state` (the connect token's subject),
+ *     and the error's `detail` and `req_id`.
+ *   - Without it, the targetOrigin is "*" and the message is reduced to what is not secret:
+ *     `account` is only {id, provider, name}; `state`, `detail` and `req_id` are left out.
+ *   Hosts should check event.data.source === "qrlink" and, when they can, event.origin.
+ *   (frame-ancestors 'self' means only same-origin pages can frame this page; a popup
+ *   opened by window.open works from any origin.)
+ *
+ * The QR SVG comes from the gateway; it is still parsed as image/svg+xml with DOMParser,
+ * reduced to a short allowlist of elements and attributes, then imported: never innerHTML.
+ */
+(function () {
+  'use strict';
+
+  /** What the page says about each app; config.json decides which apps exist. */
+  const PROVIDERS = {
+    whatsapp: {
+      name: 'WhatsApp',
+      steps: [
+        ['Open ', { b: 'WhatsApp' }, ' on your phone.'],
+        ['Tap ', { b: 'Settings' }, ' (iPhone) or the ', { b: '⋮\u00a0menu' }, ' (Android), then ', { b: 'Linked devices' }, '.'],
+        ['Tap ', { b: 'Link a device' }, ' and point your phone at this code.'],
+      ],
+    },
+    google_messages: {
+      name: 'Google Messages',
+      steps: [
+        ['Open ', { b: 'Messages' }, ' on your phone.'],
+        ['Tap your ', { b: 'profile picture' }, ' or the ', { b: '⋮\u00a0menu' }, ', then ', { b: 'Device pairing' }, '.'],
+        ['Tap ', { b: 'QR code scanner' }, ' and point your phone at this code.'],
+      ],
+    },
+    telegram: {
+      name: 'Telegram',
+      steps: [
+        ['Open ', { b: 'Telegram' }, ' on your phone.'],
+        ['Go to ', { b: 'Settings' }, ' → ', { b: 'Devices' }, '.'],
+        ['Tap ', { b: 'Link Desktop Device' }, ' and point your phone at this code.'],
+      ],
+      twofaHelp: 'It is the password you set in Telegram → Settings → Privacy and Security → Two-Step Verification.',
+    },
+  };
+
+  /** Used when config.json cannot be read: the page still works against a default gateway. */
+  const FALLBACK_CONFIG = {
+    protocol: 1,
+    demo: false,
+    token_required: false,
+    simulator: null,
+    demo_twofa_password: null,
+    providers: [
+      { id: 'whatsapp', name: 'WhatsApp', qr_ttl_secs: 60 },
+      { id: 'google_messages', name: 'Google Messages', qr_ttl_secs: 60 },
+      { id: 'telegram', name: 'Telegram', qr_ttl_secs: 30 },
+    ],
+  };
+
+  /**
+   * Per error code: [sentence, what to do next, title?, Retry label?]; "{app}" is the app's
+   * name. Sentences avoid jargon; the code itself goes under "Technical details" for support.
+   * Whether Retry shows is the frame's `retryable`, not this table.
+   */
+  const ASK_OWNER = 'Please tell whoever sent you this link; there is nothing you can fix from here.';
+  const SUPPORT = 'Try again. If it keeps happening, contact support with the technical details below.';
+  const ERRORS = {
+    'api/proxy_auth_error': ['The connection proxy refused its username or password.', 'The proxy settings for this link need fixing. ' + ASK_OWNER],
+    'api/proxy_error': ['The connection proxy is not working right now.', 'Try again in a moment. If it keeps happening, the proxy needs attention.'],
+    'api/proxy_timeout': ['The connection proxy did not answer in time.', 'Try again in a moment.'],
+    'api/already_exists': ['This {app} account is already linked.', 'There is nothing more to do. To link it again, remove the existing link first.', 'Already linked'],
+    'api/account_restricted': ['This account cannot be linked.', 'The linking service does not allow it for this account. ' + ASK_OWNER],
+    'api/missing_authorization': ['This link service is not set up correctly: its API key is missing.', ASK_OWNER],
+    'api/expired_authorization': ['This link service is not set up correctly: its API key is invalid or expired.', ASK_OWNER],
+    'api/inactive_subscription': ['This link service’s subscription is not active.', ASK_OWNER],
+    'api/insufficient_permissions': ['This link service is not allowed to link accounts.', ASK_OWNER],
+    'api/invalid_parameters': ['The link request was rejected as invalid.', SUPPORT],
+    'provider/invalid_parameters': ['{app} rejected the link request as invalid.', SUPPORT],
+    'provider/invalid_checkpoint_code': ['That password or code is not correct.', 'Start again: scan a new code, then enter your {app} password or code carefully. Passwords are case-sensitive.', 'Wrong password', 'Start again'],
+    'api/resource_not_found': ['This link attempt has expired.', 'Start again to get a fresh code.'],
+    'api/too_many_requests': ['There have been too many link attempts.', 'Wait a minute, then try again.'],
+    'provider/too_many_requests': ['{app} has seen too many link attempts.', 'Wait a few minutes, then try again.'],
+    'api/internal_error': ['The linking service had a temporary problem.', 'Try again in a moment.'],
+    'provider/server_error': ['{app} had a temporary problem.', 'Try again in a moment.'],
+    'request/unknown_provider': ['{app} cannot be linked here.', 'Choose another app.'],
+    'request/unauthorized': ['This link is not valid, or it has expired.', 'Ask for a new link.', 'Link not valid'],
+    'request/invalid_message': ['This page and the link service did not understand each other.', 'Reload the page and try again.'],
+    'gateway/overloaded': ['The link service is busy right now.', 'Try again in a minute.'],
+    'gateway/shutting_down': ['The link service is restarting.', 'Try again in a few seconds.'],
+    'gateway/upstream_unavailable': ['The linking service cannot be reached right now.', 'Try again in a moment.'],
+    'gateway/upstream_invalid': ['The linking service sent an answer this page could not use.', SUPPORT],
+    'gateway/unsupported_step': ['{app} asked for a step this page cannot handle.', 'Try again. If it keeps happening, this account has to be linked another way.'],
+    'session/cancelled': ['This link attempt was cancelled.', 'Start again when you are ready.', 'Cancelled'],
+  };
+
+  /** Elements and attributes a QR SVG may keep; everything else is dropped before import. */
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  const SVG_ELEMENTS = new Set(['svg', 'g', 'path', 'rect', 'polygon']);
+  const SVG_ATTRIBUTES = new Set([
+    'viewBox', 'width', 'height', 'version', 'shape-rendering', 'preserveAspectRatio',
+    'fill', 'fill-rule', 'stroke', 'stroke-width', 'd', 'x', 'y', 'points', 'transform',
+  ]);
+  /** A QR is at most 177 modules plus the quiet zone; bigger viewBoxes are in pixels, not modules. */
+  const MAX_MODULE_VIEWBOX = 200;
+  /** A QR SVG is a few KiB; refuse anything absurd rather than parse it. */
+  const MAX_SVG_CHARS = 512 * 1024;
+
+  /** How long before "Still preparing…" is said: Start Auth Intent usually takes about a second. */
+  const SLOW_START_MS = 8000;
+  /** The cross-fade length between two codes; keep in sync with --fade in style.css. */
+  const FADE_MS = 220;
+  const TICK_MS = 250;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    app: $('app'),
+    title: $('title'),
+    headerIcon: $('header-icon'),
+    banner: $('demo-banner'),
+    providerList: $('provider-list'),
+    pickerNote: $('picker-note'),
+    qr: $('qr'),
+    meterFill: $('meter-fill'),
+    rotation: $('rotation'),
+    countdown: $('countdown'),
+    expiryLabel: document.querySelector('.expiry-label'),
+    simulate: $('simulate-scan'),
+    steps: $('steps'),
+    demoTwofaHint: $('demo-twofa-hint'),
+    checkpointIntro: $('checkpoint-intro'),
+    twofaForm: $('twofa-form'),
+    twofaLabel: $('twofa-label'),
+    twofaCode: $('twofa-code'),
+    twofaHelp: $('twofa-help'),
+    twofaDemo: $('twofa-demo'),
+    twofaInvalid: $('twofa-invalid'),
+    twofaSubmit: $('twofa-submit'),
+    accountName: $('account-name'),
+    accountProvider: $('account-provider'),
+    accountIdRow: $('account-id-row'),
+    accountId: $('account-id'),
+    linkAnother: $('link-another'),
+    successNext: $('success-next'),
+    errorMessage: $('error-message'),
+    errorHint: $('error-hint'),
+    errorDetails: $('error-details'),
+    errorFacts: $('error-facts'),
+    retry: $('retry'),
+    status: $('status'),
+    chooseAnother: $('choose-another'),
+    chooseAnotherNav: $('choose-another').parentElement,
+    views: Array.from(document.querySelectorAll('[data-view]')),
+  };
+
+  const params = new URLSearchParams(window.location.search);
+  const token = params.get('token');
+  const hostOrigin = parseOrigin(params.get('origin'));
+  const reducedMotion = window.matchMedia('(prefers-reduced-motion: reduce)');
+
+  let config = FALLBACK_CONFIG;
+  let state = 'idle';
+  /** The app of the current or last attempt; Retry starts it again. */
+  let provider = null;
+  /** The current link attempt (one WebSocket), or null. */
+  let attempt = null;
+  let attemptCount = 0;
+
+  // ---------------------------------------------------------------- rendering
+
+  /** Shows the view for `next`, sets data-state, and moves focus when the old focus vanished. */
+  function render(next, focusTarget) {
+    state = next;
+    ui.app.dataset.state = next;
+    for (const view of ui.views) {
+      view.hidden = !view.dataset.view.split(' ').includes(next);
+    }
+    // On the picker it is where you are; on success "Link another account" says it better.
+    ui.chooseAnotherNav.hidden = next === 'idle' || next === 'account';
+    ui.simulate.hidden = !(next === 'qr' && config.demo && config.simulator);
+    const active = document.activeElement;
+    const focusLost = !active || active === document.body || active.closest('[hidden]') !== null;
+    if (focusTarget || focusLost) {
+      (focusTarget || ui.title).focus({ preventScroll: next === 'idle' });
+    }
+  }
+
+  function setTitle(text) {
+    ui.title.textContent = text;
+    document.title = text + ' — qrlink';
+  }
+
+  /** One sentence per state change for screen readers; also visible under the card. */
+  function setStatus(text) {
+    ui.status.textContent = text;
+  }
+
+  function setProvider(p) {
+    provider = p;
+    if (p) {
+      ui.app.dataset.provider = p.id;
+    } else {
+      delete ui.app.dataset.provider;
+    }
+    const icon = p && PROVIDERS[p.id] ? 'icon-' + p.id : 'icon-link';
+    ui.headerIcon.setAttribute('href', '#' + icon);
+    for (const label of document.querySelectorAll('.provider-label')) {
+      label.textContent = p ? p.name : '';
+    }
+  }
+
+  // ---------------------------------------------------------------- views
+
+  function enterIdle(note) {
+    stopAttempt();
+    setProvider(null);
+    clearQr();
+    setTitle('Link an account');
+    setStatus(note || '');
+    render('idle');
+  }
+
+  function enterConnecting(p) {
+    setProvider(p);
+    clearQr();
+    setTitle('Link ' + p.name);
+    fillSteps(p);
+    ui.rotation.textContent = '';
+    ui.countdown.textContent = '–:––';
+    ui.expiryLabel.textContent = 'Expires in';
+    ui.meterFill.style.setProperty('--fill', '1');
+    ui.qr.setAttribute('aria-label', 'QR code for ' + p.name + ' is loading');
+    const twofa = config.demo && config.demo_twofa_password && p.id === 'telegram';
+    ui.demoTwofaHint.hidden = !twofa;
+    if (twofa) {
+      ui.demoTwofaHint.textContent = 'Demo: after the scan, Telegram asks for a two-step verification password. It is “' +
+        config.demo_twofa_password + '”.';
+    }
+    setStatus('Preparing a secure code for ' + p.name + '…');
+    render('connecting');
+  }
+
+  function fillSteps(p) {
+    const known = PROVIDERS[p.id];
+    const steps = known ? known.steps : [
+      ['Open ', { b: p.name }, ' on your phone.'],
+      ['Find its option to link a device, and point your phone at this code.'],
+    ];
+    ui.steps.replaceChildren(...steps.map((parts) => {
+      const li = document.createElement('li');
+      const text = document.createElement('span');
+      for (const part of parts) {
+        if (typeof part === 'string') {
+          text.append(part);
+        } else {
+          const b = document.createElement('strong');
+          b.textContent = part.b;
+          text.append(b);
+        }
+      }
+      li.append(text);
+      return li;
+    }));
+  }
+
+  /** A `qr` frame: swap the code in place, restart the countdown. */
+  function showQr(a, frame) {
+    const svg = parseQrSvg(frame.svg);
+    if (!svg) {
+      stopAttempt(); // nothing to scan: let the gateway stop polling upstream
+      enterFailure('error', {
+        code: 'client/bad_qr',
+        title: 'Couldn’t show the code',
+        message: 'The QR code could not be displayed.',
+        hint: 'Try again. If it keeps happening, contact support.',
+        retryable: true,
+      });
+      return;
+    }
+    const p = a.provider;
+    const rotation = Number.isInteger(frame.rotation) && frame.rotation > 0 ? frame.rotation : (a.rotation || 0) + 1;
+    const first = !a.rotation;
+    a.rotation = rotation;
+    a.intentId = typeof frame.intent_id === 'string' ? frame.intent_id : null;
+    a.scanning = false;
+
+    swapQr(svg);
+    startCountdown(a, frame.expires_at);
+
+    const max = maxRotations(p);
+    ui.rotation.textContent = 'Code ' + rotation + (max ? ' of up to ' + max : '');
+    // The label is set once per code, not every second: a screen reader re-reads a changing label.
+    ui.qr.setAttribute('aria-label', 'QR code ' + rotation + ' for ' + p.name + ', expires in ' +
+      Math.max(1, Math.round(a.countdown.total / 1000)) + ' seconds');
+    resetSimulate();
+    setStatus(first
+      ? 'Code ready. Scan it with ' + p.name + ' on your phone.'
+      : 'New code ready (code ' + rotation + '). The previous one no longer works.');
+    render('qr');
+  }
+
+  /** A `checkpoint` frame: the app wants a password or code after the scan. */
+  function enterCheckpoint(a, frame) {
+    stopCountdown(a);
+    clearQr();
+    const p = a.provider;
+    const cp = frame.checkpoint && typeof frame.checkpoint === 'object' ? frame.checkpoint : {};
+    const type = typeof cp.type === 'string' ? cp.type : '';
+    const input = ui.twofaCode;
+    input.value = '';
+    input.readOnly = false;
+    input.removeAttribute('aria-invalid');
+    ui.twofaInvalid.hidden = true;
+    ui.twofaForm.removeAttribute('aria-busy');
+    ui.twofaSubmit.disabled = false;
+    ui.twofaSubmit.textContent = 'Continue';
+    const help = [];
+    if (type === '2FA') {
+      a.secret = true;
+      setTitle('Enter your ' + p.name + ' password');
+      ui.checkpointIntro.textContent = 'Scanned. ' + p.name +
+        ' asks for your two-step verification password to finish linking.';
+      ui.twofaLabel.textContent = 'Two-step verification password';
+      input.type = 'password';
+      input.autocomplete = 'off';
+      input.removeAttribute('inputmode');
+      ui.twofaInvalid.textContent = 'Enter the password first.';
+      const known = PROVIDERS[p.id];
+      help.push(known && known.twofaHelp ? known.twofaHelp : 'It is the password you chose for two-step verification.');
+    } else {
+      // OTP and the other checkpoint types are answered with a short code.
+      a.secret = false;
+      setTitle('Enter the code');
+      ui.checkpointIntro.textContent = p.name + ' needs a code to finish linking. Check your phone or messages for it.';
+      ui.twofaLabel.textContent = 'Code';
+      input.type = 'text';
+      input.autocomplete = 'one-time-code';
+      input.setAttribute('inputmode', 'text');
+      ui.twofaInvalid.textContent = 'Enter the code first.';
+    }
+    ui.twofaHelp.textContent = help.join(' ');
+    ui.twofaHelp.hidden = help.length === 0;
+    const demo = config.demo && config.demo_twofa_password;
+    ui.twofaDemo.hidden = !demo;
+    ui.twofaDemo.textContent = demo ? 'Demo mode: the simulator’s password is “' + config.demo_twofa_password + '”.' : '';
+    setStatus('Scanned. ' + p.name + ' needs one more step.');
+    render('checkpoint', input);
+  }
+
+  /** An `account` frame: linked. */
+  function enterAccount(a, frame) {
+    const account = frame.account && typeof frame.account === 'object' ? frame.account : {};
+    const p = providerById(typeof account.provider === 'string' ? account.provider.toLowerCase() : '') || a.provider;
+    const name = nonEmpty(account.name) || nonEmpty(account.id) || 'Your account';
+    setTitle(p.name + ' is linked');
+    ui.accountName.textContent = name;
+    ui.accountProvider.textContent = p.name;
+    const showId = nonEmpty(account.id) && name !== account.id;
+    ui.accountIdRow.hidden = !showId;
+    ui.accountId.textContent = showId ? account.id : '';
+    // Said to whoever is looking: a popup can be closed; a framed page belongs to its host.
+    ui.successNext.textContent = window.parent !== window ? 'All done.' :
+      window.opener ? 'All done. You can close this window.' : 'All done. You can close this page.';
+    setStatus('Linked: ' + name + ' (' + p.name + ').');
+    render('account', ui.title);
+    notifyHost({
+      type: 'account',
+      provider: a.provider.id,
+      session: a.session,
+      account: account,
+      state: typeof frame.state === 'string' ? frame.state : null,
+    });
+  }
+
+  /**
+   * timeout, error and disconnected share one view: a sentence, a hint, Retry when it can help.
+   * `info`: {code, title, message, hint, retryable, retryLabel, facts}
+   */
+  function enterFailure(kind, info) {
+    clearQr();
+    const p = provider;
+    setTitle(info.title || (kind === 'timeout' ? 'The code expired' : 'Couldn’t link ' + (p ? p.name : 'the account')));
+    ui.errorMessage.textContent = info.message;
+    ui.errorHint.textContent = info.hint || '';
+    ui.errorHint.hidden = !info.hint;
+    ui.retry.hidden = !info.retryable;
+    ui.retry.textContent = info.retryLabel || 'Try again';
+    const facts = (info.facts || []).filter((f) => nonEmpty(f[1]));
+    ui.errorFacts.replaceChildren(...facts.flatMap(([k, v]) => {
+      const dt = document.createElement('dt');
+      dt.textContent = k;
+      const dd = document.createElement('dd');
+      dd.textContent = v;
+      return [dt, dd];
+    }));
+    ui.errorDetails.hidden = facts.length === 0;
+    ui.errorDetails.open = false;
+    setStatus(info.message);
+    render(kind, info.retryable ? ui.retry : ui.title);
+  }
+
+  function timeoutInfo(frame) {
+    const n = Number.isInteger(frame.rotations) ? frame.rotations : null;
+    return {
+      message: 'Nobody scanned the code in time' + (n && n > 1 ? ' (' + n + ' codes were shown).' : '.'),
+      hint: 'Get a new code when your phone is ready.',
+      retryable: true,
+      retryLabel: 'Show a new code',
+    };
+  }
+
+  function errorInfo(a, frame) {
+    const code = typeof frame.code === 'string' ? frame.code : '';
+    const fill = (text) => text && text.replace(/\{app\}/g, a.provider.name);
+    const known = Object.prototype.hasOwnProperty.call(ERRORS, code) ? ERRORS[code] : null;
+    const info = known
+      ? { message: fill(known[0]), hint: fill(known[1]), title: known[2], retryLabel: known[3] }
+      : { message: nonEmpty(frame.message) || 'The link attempt failed.', hint: frame.retryable ? 'Try again in a moment.' : '' };
+    info.code = code;
+    info.retryable = frame.retryable === true;
+    if (code === 'api/already_exists' && nonEmpty(frame.detail)) {
+      info.hint = 'There is nothing more to do (existing account: ' + frame.detail + '). To link it again, remove the existing link first.';
+    }
+    info.facts = [
+      ['Error code', code],
+      ['Detail', typeof frame.detail === 'string' ? frame.detail : ''],
+      ['Request', typeof frame.req_id === 'string' ? frame.req_id : ''],
+      ['Session', a.session],
+    ];
+    return info;
+  }
+
+  /** The socket closed without a terminal frame, or never opened. */
+  function disconnectedInfo(a, closeEvent) {
+    const facts = [['Close code', String(closeEvent.code)], ['Session', a.session]];
+    if (!a.opened) {
+      return {
+        title: 'Can’t reach the link service',
+        message: 'This page could not connect to the link service.',
+        hint: navigator.onLine === false
+          ? 'You seem to be offline. Check your connection, then try again.'
+          : 'Check your connection and try again. If it keeps happening, the service may be down.',
+        retryable: true,
+        facts: facts,
+      };
+    }
+    switch (closeEvent.code) {
+      case 1001:
+        return { title: 'Connection lost', message: 'The link service is restarting.', hint: 'Try again in a few seconds.', retryable: true, facts: facts };
+      case 1008:
+        return { title: 'Link not valid', message: 'The link service refused this link.', hint: 'Ask for a new link.', retryable: false, facts: facts };
+      case 1013:
+        return { title: 'Connection lost', message: 'The link service is busy right now.', hint: 'Try again in a minute.', retryable: true, facts: facts };
+      default:
+        return {
+          title: 'Connection lost',
+          message: 'The connection was lost before linking finished.',
+          hint: 'The code that was on screen no longer works. Start again to get a new one.',
+          retryable: true,
+          facts: facts,
+        };
+    }
+  }
+
+  // ---------------------------------------------------------------- the link attempt
+
+  function start(p) {
+    stopAttempt();
+    const a = {
+      id: ++attemptCount,
+      provider: p,
+      ws: null,
+      session: null,
+      opened: false,
+      done: false,
+      rotation: 0,
+      intentId: null,
+      countdown: null,
+      slowTimer: 0,
+    };
+    attempt = a;
+    enterConnecting(p);
+
+    let ws;
+    try {
+      ws = new WebSocket(socketUrl(p.id));
+    } catch (err) {
+      // Only a malformed URL throws here; treat it like a socket that never opened.
+      finish(a);
+      enterFailure('disconnected', disconnectedInfo(a, { code: 0 }));
+      return;
+    }
+    a.ws = ws;
+    a.slowTimer = window.setTimeout(() => {
+      if (attempt === a && state === 'connecting') setStatus('Still preparing the code for ' + p.name + '…');
+    }, SLOW_START_MS);
+    ws.onopen = () => {
+      if (attempt === a) a.opened = true;
+    };
+    ws.onmessage = (event) => {
+      if (attempt === a) onFrame(a, event.data);
+    };
+    ws.onclose = (event) => {
+      if (attempt !== a) return;
+      const wasDone = a.done;
+      finish(a);
+      if (!wasDone) enterFailure('disconnected', disconnectedInfo(a, event));
+    };
+    // onerror carries no detail and is always followed by onclose, which decides.
+    ws.onerror = () => {};
+  }
+
+  function onFrame(a, data) {
+    if (typeof data !== 'string' || a.done) return;
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch (err) {
+      return;
+    }
+    if (!frame || typeof frame !== 'object') return;
+    if (typeof frame.session === 'string') a.session = frame.session;
+    window.clearTimeout(a.slowTimer);
+    switch (frame.type) {
+      case 'qr':
+        showQr(a, frame);
+        break;
+      case 'checkpoint':
+        enterCheckpoint(a, frame);
+        break;
+      case 'account':
+        finish(a);
+        enterAccount(a, frame);
+        break;
+      case 'timeout':
+        finish(a);
+        enterFailure('timeout', timeoutInfo(frame));
+        notifyHost({
+          type: 'timeout',
+          provider: a.provider.id,
+          session: a.session,
+          rotations: Number.isInteger(frame.rotations) ? frame.rotations : null,
+        });
+        break;
+      case 'error':
+        finish(a);
+        enterFailure('error', errorInfo(a, frame));
+        notifyHost({
+          type: 'error',
+          provider: a.provider.id,
+          session: a.session,
+          code: typeof frame.code === 'string' ? frame.code : null,
+          message: typeof frame.message === 'string' ? frame.message : null,
+          retryable: frame.retryable === true,
+          detail: typeof frame.detail === 'string' ? frame.detail : null,
+          req_id: typeof frame.req_id === 'string' ? frame.req_id : null,
+        });
+        break;
+      default:
+        // Unknown frame types are ignored, as the protocol asks of both sides.
+        break;
+    }
+  }
+
+  /** Marks the attempt over: timers stop, and a later close of its socket is not a "drop". */
+  function finish(a) {
+    a.done = true;
+    stopCountdown(a);
+    window.clearTimeout(a.slowTimer);
+  }
+
+  /** Leaves the current attempt. The gateway cancels upstream work when the socket goes. */
+  function stopAttempt() {
+    const a = attempt;
+    attempt = null;
+    if (!a) return;
+    const live = !a.done;
+    finish(a);
+    const ws = a.ws;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws.readyState === WebSocket.OPEN && live) {
+      try {
+        ws.send(JSON.stringify({ type: 'cancel' }));
+      } catch (err) {
+        // The socket is going away anyway.
+      }
+    }
+    if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
+      ws.close(1000);
+    }
+  }
+
+  function socketUrl(providerId) {
+    const url = new URL('ws/link/' + encodeURIComponent(providerId), window.location.href);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    url.search = '';
+    url.hash = '';
+    if (token) url.searchParams.set('token', token);
+    return url.href;
+  }
+
+  // ---------------------------------------------------------------- countdown
+
+  /**
+   * Counts down to expires_at. The gateway's clock and this device's may disagree; when the
+   * time left is impossible (negative, or far longer than the provider's QR lifetime) the
+   * provider's lifetime from now is used instead. Deadlines use performance.now(), which
+   * does not jump when the device's clock is changed.
+   */
+  function startCountdown(a, expiresAt) {
+    stopCountdown(a);
+    const ttl = ttlMs(a.provider);
+    let left = Date.parse(expiresAt) - Date.now();
+    if (!Number.isFinite(left) || left <= 0 || left > ttl * 2) left = ttl;
+    const c = {
+      deadline: performance.now() + left,
+      // A code that arrived late shows a part-drained bar: the lifetime is the whole.
+      total: Math.max(left, ttl),
+      shown: null,
+      expired: false,
+      timer: 0,
+    };
+    a.countdown = c;
+    ui.qr.classList.remove('is-stale');
+    ui.expiryLabel.textContent = 'Expires in';
+    const tick = () => {
+      const ms = Math.max(0, c.deadline - performance.now());
+      const secs = Math.ceil(ms / 1000);
+      if (secs !== c.shown) {
+        c.shown = secs;
+        ui.countdown.textContent = Math.floor(secs / 60) + ':' + String(secs % 60).padStart(2, '0');
+        ui.app.classList.toggle('is-ending', secs <= 10);
+      }
+      ui.meterFill.style.setProperty('--fill', (ms / c.total).toFixed(4));
+      if (ms === 0 && !c.expired) {
+        // The gateway sends the next code (or a timeout) on its own; until then, say so
+        // and dim this one so nobody scans a code that no longer works.
+        c.expired = true;
+        ui.qr.classList.add('is-stale');
+        ui.expiryLabel.textContent = 'Expired, new code coming';
+        ui.countdown.textContent = '';
+        ui.qr.setAttribute('aria-label', 'QR code ' + a.rotation + ' for ' + a.provider.name + ' has expired; a new code is on its way');
+        setStatus('This code has expired. Getting a new one…');
+      }
+    };
+    tick();
+    c.timer = window.setInterval(tick, TICK_MS);
+  }
+
+  function stopCountdown(a) {
+    if (a && a.countdown) {
+      window.clearInterval(a.countdown.timer);
+    }
+    ui.app.classList.remove('is-ending');
+  }
+
+  function ttlMs(p) {
+    const secs = Number(p.qr_ttl_secs);
+    return (Number.isFinite(secs) && secs > 0 ? secs : 60) * 1000;
+  }
+
+  /** "of up to N" only when the gateway says how many codes a provider shows. */
+  function maxRotations(p) {
+    const n = Number(p.max_rotations || p.qr_rotations);
+    return Number.isInteger(n) && n > 0 ? n : null;
+  }
+
+  // ---------------------------------------------------------------- the QR code
+
+  /** Parses the gateway's SVG without ever handing the string to innerHTML. */
+  function parseQrSvg(text) {
+    if (typeof text !== 'string' || text.length === 0 || text.length > MAX_SVG_CHARS) return null;
+    const doc = new DOMParser().parseFromString(text, 'image/svg+xml');
+    const root = doc.documentElement;
+    if (!root || root.namespaceURI !== SVG_NS || root.localName !== 'svg') return null;
+    if (doc.getElementsByTagNameNS('*', 'parsererror').length > 0) return null;
+    sanitizeSvg(root);
+    if (!root.hasAttribute('viewBox')) {
+      const w = parseFloat(root.getAttribute('width'));
+      const h = parseFloat(root.getAttribute('height'));
+      if (!(w > 0 && h > 0)) return null;
+      root.setAttribute('viewBox', '0 0 ' + w + ' ' + h);
+    }
+    root.removeAttribute('width');
+    root.removeAttribute('height');
+    root.setAttribute('shape-rendering', 'crispEdges');
+    root.setAttribute('aria-hidden', 'true');
+    root.setAttribute('focusable', 'false');
+    return document.importNode(root, true);
+  }
+
+  function sanitizeSvg(node) {
+    for (const attr of Array.from(node.attributes)) {
+      const keep = SVG_ATTRIBUTES.has(attr.name) && !/url\s*\(/i.test(attr.value);
+      if (!keep && attr.name !== 'xmlns') node.removeAttribute(attr.name);
+    }
+    for (const child of Array.from(node.children)) {
+      if (child.namespaceURI === SVG_NS && SVG_ELEMENTS.has(child.localName) && child.localName !== 'svg') {
+        sanitizeSvg(child);
+      } else {
+        child.remove();
+      }
+    }
+  }
+
+  /**
+   * Puts the new code on top of the old one in the same grid cell and fades it in, then
+   * drops the old one: the box never empties, so nothing flashes or jumps.
+   */
+  function swapQr(svg) {
+    const layer = document.createElement('div');
+    layer.className = 'qr-layer is-entering';
+    layer.append(svg);
+    const old = Array.from(ui.qr.querySelectorAll('.qr-layer:not(.is-leaving)'));
+    ui.qr.querySelector('.qr-placeholder')?.remove();
+    ui.qr.append(layer);
+    snapQr(layer);
+    void layer.offsetWidth; // commit the transparent start so the opacity change animates
+    layer.classList.remove('is-entering');
+    for (const o of old) {
+      o.classList.add('is-leaving');
+      window.setTimeout(() => o.remove(), reducedMotion.matches ? 0 : FADE_MS + 50);
+    }
+  }
+
+  /** Removes any code from the page: a code that no longer works must not stay visible. */
+  function clearQr() {
+    ui.qr.classList.remove('is-stale');
+    if (ui.qr.querySelector('.qr-placeholder') && !ui.qr.querySelector('.qr-layer')) return;
+    const placeholder = document.createElement('div');
+    placeholder.className = 'qr-placeholder';
+    placeholder.setAttribute('aria-hidden', 'true');
+    const spinner = document.createElement('span');
+    spinner.className = 'spinner';
+    placeholder.append(spinner);
+    ui.qr.replaceChildren(placeholder);
+  }
+
+  /**
+   * When the viewBox counts modules (one unit per module), sizes the SVG to a whole number of
+   * device pixels per module, so every module has the same width and edges stay sharp.
+   */
+  function snapQr(layer) {
+    const svg = layer.querySelector('svg');
+    if (!svg) return;
+    const vb = (svg.getAttribute('viewBox') || '').trim().split(/[\s,]+/).map(Number);
+    const modules = vb[2];
+    const box = ui.qr.clientWidth;
+    if (!(modules > 0 && modules <= MAX_MODULE_VIEWBOX) || box === 0) {
+      svg.style.removeProperty('--qr-px');
+      return;
+    }
+    const dpr = window.devicePixelRatio || 1;
+    const perModule = Math.floor((box * dpr) / modules);
+    if (perModule < 1) return;
+    svg.style.setProperty('--qr-px', (perModule * modules) / dpr + 'px');
+  }
+
+  // ---------------------------------------------------------------- demo: simulate scan
+
+  function resetSimulate() {
+    ui.simulate.disabled = false;
+    ui.simulate.textContent = 'Simulate scan';
+  }
+
+  async function simulateScan() {
+    const a = attempt;
+    if (!a || !a.intentId || !config.simulator || a.scanning) return;
+    a.scanning = true;
+    ui.simulate.disabled = true;
+    ui.simulate.textContent = 'Scanning…';
+    let problem = null;
+    try {
+      const base = String(config.simulator).replace(/\/+$/, '');
+      const url = new URL(base + '/scan/' + encodeURIComponent(a.intentId), window.location.href);
+      const res = await fetch(url.href, { method: 'POST', credentials: 'same-origin', cache: 'no-store' });
+      const body = await res.json().catch(() => null);
+      if (!res.ok || !body || body.ok !== true) problem = 'the simulator answered ' + res.status;
+    } catch (err) {
+      problem = 'the simulator could not be reached';
+    }
+    if (attempt !== a || state !== 'qr') return;
+    if (problem) {
+      a.scanning = false;
+      resetSimulate();
+      setStatus('Simulated scan failed: ' + problem + '. The code may have just changed; try again.');
+    } else {
+      // Stays disabled: the gateway's next frame (checkpoint or account) moves the page on.
+      ui.simulate.textContent = 'Scanned';
+      setStatus('Simulated scan sent. Waiting for ' + a.provider.name + ' to confirm…');
+    }
+  }
+
+  // ---------------------------------------------------------------- checkpoint answer
+
+  function submitCode(event) {
+    event.preventDefault();
+    const a = attempt;
+    if (!a || state !== 'checkpoint' || ui.twofaForm.getAttribute('aria-busy') === 'true') return;
+    // Passwords are sent as typed (spaces can be part of one); short codes are trimmed.
+    const code = a.secret ? ui.twofaCode.value : ui.twofaCode.value.trim();
+    if (code === '') {
+      ui.twofaCode.setAttribute('aria-invalid', 'true');
+      ui.twofaCode.setAttribute('aria-describedby', 'twofa-invalid twofa-help');
+      ui.twofaInvalid.hidden = false;
+      ui.twofaCode.focus();
+      return;
+    }
+    ui.twofaCode.removeAttribute('aria-invalid');
+    ui.twofaCode.setAttribute('aria-describedby', 'twofa-help');
+    ui.twofaInvalid.hidden = true;
+    if (!a.ws || a.ws.readyState !== WebSocket.OPEN) return; // onclose shows the drop
+    a.ws.send(JSON.stringify({ type: 'code', code: code }));
+    // Read-only rather than disabled: the field keeps focus and its value while checking.
+    ui.twofaCode.readOnly = true;
+    ui.twofaSubmit.disabled = true;
+    ui.twofaSubmit.textContent = 'Checking…';
+    ui.twofaForm.setAttribute('aria-busy', 'true');
+    setStatus('Checking…');
+  }
+
+  // ---------------------------------------------------------------- messages to the host
+
+  /** See "Messages to the host" at the top of this file. */
+  function notifyHost(message) {
+    const targets = [];
+    if (window.opener && !window.opener.closed) targets.push(window.opener);
+    if (window.parent && window.parent !== window && !targets.includes(window.parent)) targets.push(window.parent);
+    if (targets.length === 0) return;
+    const data = Object.assign({ source: 'qrlink', version: 1 }, message);
+    if (!hostOrigin) {
+      if (data.account) {
+        data.account = {
+          id: data.account.id ?? null,
+          provider: data.account.provider ?? null,
+          name: data.account.name ?? null,
+        };
+      }
+      delete data.state;
+      delete data.detail;
+      delete data.req_id;
+    }
+    for (const target of targets) {
+      try {
+        target.postMessage(data, hostOrigin || '*');
+      } catch (err) {
+        // A host that went away or cannot receive this is not the page's problem.
+      }
+    }
+  }
+
+  /** Accepts only a bare http(s) origin such as https://app.example.com. */
+  function parseOrigin(value) {
+    if (!value) return null;
+    try {
+      const url = new URL(value);
+      if ((url.protocol === 'https:' || url.protocol === 'http:') && url.origin === value.replace(/\/$/, '')) {
+        return url.origin;
+      }
+    } catch (err) {
+      // fall through
+    }
+    return null;
+  }
+
+  // ---------------------------------------------------------------- config and navigation
+
+  async function loadConfig() {
+    try {
+      const res = await fetch('config.json', { cache: 'no-store', credentials: 'same-origin' });
+      if (!res.ok) throw new Error('HTTP ' + res.status);
+      const c = await res.json();
+      if (!c || !Array.isArray(c.providers) || c.providers.length === 0) throw new Error('no providers');
+      if (c.protocol !== 1) console.warn('qrlink: gateway speaks protocol', c.protocol, '; this page speaks 1');
+      const providers = c.providers
+        .filter((p) => p && typeof p.id === 'string' && p.id)
+        .map((p) => Object.assign({}, p, { name: nonEmpty(p.name) || (PROVIDERS[p.id] || {}).name || p.id }));
+      return Object.assign({}, FALLBACK_CONFIG, c, { providers: providers });
+    } catch (err) {
+      console.warn('qrlink: config.json unavailable, using defaults:', err);
+      return FALLBACK_CONFIG;
+    }
+  }
+
+  function providerById(id) {
+    return config.providers.find((p) => p.id === id) || null;
+  }
+
+  function buildPicker() {
+    ui.providerList.replaceChildren(...config.providers.map((p) => {
+      const li = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'provider-button';
+      button.dataset.provider = p.id;
+      const badge = document.createElement('span');
+      badge.className = 'provider-badge';
+      badge.setAttribute('aria-hidden', 'true');
+      badge.append(iconSvg(PROVIDERS[p.id] ? 'icon-' + p.id : 'icon-link'));
+      const name = document.createElement('span');
+      name.className = 'provider-name';
+      name.textContent = p.name;
+      const chevron = document.createElement('span');
+      chevron.className = 'chevron';
+      chevron.setAttribute('aria-hidden', 'true');
+      chevron.textContent = '›';
+      button.append(badge, name, chevron);
+      li.append(button);
+      return li;
+    }));
+  }
+
+  function iconSvg(symbol) {
+    const svg = document.createElementNS(SVG_NS, 'svg');
+    svg.setAttribute('viewBox', '0 0 24 24');
+    svg.setAttribute('width', '22');
+    svg.setAttribute('height', '22');
+    svg.setAttribute('focusable', 'false');
+    const use = document.createElementNS(SVG_NS, 'use');
+    use.setAttribute('href', '#' + symbol);
+    svg.append(use);
+    return svg;
+  }
+
+  /** The page's URL with `provider` set or removed; token and origin are kept. */
+  function pageUrl(providerId) {
+    const url = new URL(window.location.href);
+    if (providerId) {
+      url.searchParams.set('provider', providerId);
+    } else {
+      url.searchParams.delete('provider');
+    }
+    return url.pathname + url.search;
+  }
+
+  /** Starts from the URL: `?provider=` links at once, otherwise the picker. */
+  function route() {
+    const id = new URLSearchParams(window.location.search).get('provider');
+    if (!id) {
+      enterIdle();
+      return;
+    }
+    const p = providerById(id);
+    if (!p) {
+      enterIdle('“' + id + '” cannot be linked here. Choose one of these apps.');
+      return;
+    }
+    start(p);
+  }
+
+  function choose(id) {
+    const p = providerById(id);
+    if (!p) return;
+    // A history entry per choice, so the Back button returns to the picker.
+    window.history.pushState({ provider: id }, '', pageUrl(id));
+    start(p);
+  }
+
+  function backToPicker() {
+    stopAttempt();
+    if (new URLSearchParams(window.location.search).has('provider')) {
+      window.history.pushState({}, '', pageUrl(null));
+    }
+    enterIdle();
+    ui.providerList.querySelector('button')?.focus();
+  }
+
+  function nonEmpty(value) {
+    return typeof value === 'string' && value.trim() !== '' ? value : null;
+  }
+
+  async function init() {
+    ui.chooseAnother.href = pageUrl(null);
+    config = await loadConfig();
+    ui.banner.hidden = !config.demo;
+    buildPicker();
+    if (config.token_required && !token) {
+      ui.pickerNote.hidden = false;
+      ui.pickerNote.textContent = 'This page needs a personal link to work. If linking fails, ask for a new link.';
+    }
+
+    ui.providerList.addEventListener('click', (event) => {
+      const button = event.target.closest('button[data-provider]');
+      if (button) choose(button.dataset.provider);
+    });
+    ui.retry.addEventListener('click', () => {
+      if (provider) start(provider);
+    });
+    ui.linkAnother.addEventListener('click', backToPicker);
+    ui.chooseAnother.addEventListener('click', (event) => {
+      event.preventDefault();
+      backToPicker();
+    });
+    ui.simulate.addEventListener('click', simulateScan);
+    ui.twofaForm.addEventListener('submit', submitCode);
+    ui.twofaCode.addEventListener('input', () => {
+      if (!ui.twofaInvalid.hidden && ui.twofaCode.value !== '') {
+        ui.twofaInvalid.hidden = true;
+        ui.twofaCode.removeAttribute('aria-invalid');
+      }
+    });
+    window.addEventListener('popstate', route);
+    window.addEventListener('resize', () => {
+      const layer = ui.qr.querySelector('.qr-layer:not(.is-leaving)');
+      if (layer) snapQr(layer);
+    });
+    // Leaving the page ends the attempt at once: the gateway then aborts the upstream poll.
+    window.addEventListener('pagehide', stopAttempt);
+    // Back from the back/forward cache: the socket was closed on the way out, so an attempt
+    // that was still running starts again with a fresh code.
+    window.addEventListener('pageshow', (event) => {
+      if (event.persisted && provider && ['connecting', 'qr', 'checkpoint'].includes(state)) start(provider);
+    });
+
+    route();
+  }
+
+  init();
+})();
