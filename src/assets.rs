@@ -11,9 +11,10 @@ struct Web;
 
 /// The pages load only their own scripts and styles: no inline script, no third party. QR
 /// codes arrive as SVG text over the WebSocket and are inserted as DOM nodes, not images.
+/// `frame-ancestors` is appended from the configuration (who may embed the page).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
-     base-uri 'none'; form-action 'self'; frame-ancestors 'self'";
+     base-uri 'none'; form-action 'self'";
 
 /// Serves `/` as `index.html`, `/dashboard` as `dashboard.html`, and other embedded files by
 /// path; 404 for anything else.
@@ -35,14 +36,6 @@ pub async fn serve(uri: Uri) -> Response {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp

@@ -40,9 +40,31 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gateway (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Serve the embedded Unipile simulator alone, for any Unipile client.
     Simulate(SimulateArgs),
+    /// Mint a connect token, for trying out `QRLINK_TOKEN_SECRET`.
+    Token(TokenArgs),
+}
+
+/// Settings of `qrlink token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The HS256 secret the gateway verifies with.
+    #[arg(long, env = "QRLINK_TOKEN_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Your reference for the user (sent to Unipile as `state`, echoed on `account`).
+    #[arg(long)]
+    pub sub: String,
+    /// The only provider the token may link.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Relink this Unipile account.
+    #[arg(long)]
+    pub account_id: Option<String>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub ttl: Duration,
 }
 
 /// Settings of `qrlink simulate`.
@@ -123,6 +145,61 @@ pub struct Config {
     #[arg(long, env = "QRLINK_DEMO_QR_COUNT", default_value_t = 5)]
     pub demo_qr_count: u32,
 
+    /// Browser origins allowed to open WebSockets besides the gateway's own (exact
+    /// `scheme://host[:port]`, comma separated). Clients that send no Origin are not browsers
+    /// and are not checked.
+    #[arg(long, env = "QRLINK_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// HS256 secret for connect tokens. When set, `/ws/link` needs a token (`?token=` or the
+    /// `qrlink.token.<jwt>` subprotocol).
+    #[arg(long, env = "QRLINK_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Longest lifetime (`exp` minus `iat`, or `exp` minus now) a connect token may have.
+    #[arg(long, env = "QRLINK_TOKEN_MAX_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub token_max_ttl: Duration,
+
+    /// Bearer token for `/ws/watch`, `/api/*` and `/metrics`. Unset: loopback clients only.
+    #[arg(long, env = "QRLINK_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Concurrent sessions, all clients together; beyond it `gateway/overloaded` and 1013.
+    #[arg(long, env = "QRLINK_MAX_SESSIONS", default_value_t = 10_000)]
+    pub max_sessions: usize,
+
+    /// Concurrent sessions per client address.
+    #[arg(long, env = "QRLINK_MAX_SESSIONS_PER_IP", default_value_t = 10)]
+    pub max_sessions_per_ip: usize,
+
+    /// New sessions per client address per minute (a token bucket; bursts up to this many).
+    #[arg(long, env = "QRLINK_SESSIONS_PER_IP_PER_MINUTE", default_value_t = 60)]
+    pub sessions_per_ip_per_minute: u32,
+
+    /// Longest a link attempt may last, whatever the upstream does.
+    #[arg(long, env = "QRLINK_MAX_ATTEMPT_DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub max_attempt_duration: Duration,
+
+    /// How often the gateway pings an idle client.
+    #[arg(long, env = "QRLINK_PING_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client silent (no pong, no message) this long is gone; its session ends.
+    #[arg(long, env = "QRLINK_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
+
+    /// Time a client has to send its HTTP request headers (against slow-header clients).
+    #[arg(long, env = "QRLINK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Reverse proxies whose `X-Forwarded-For` is believed (IPs or CIDRs, comma separated).
+    #[arg(long, env = "QRLINK_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// `frame-ancestors` of the pages' CSP: who may embed the link page in an iframe.
+    #[arg(long, env = "QRLINK_FRAME_ANCESTORS", default_value = "'self'")]
+    pub frame_ancestors: String,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "QRLINK_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -159,6 +236,63 @@ impl Config {
     pub fn demo(&self) -> bool {
         self.unipile_api_key.is_none()
     }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses `10.0.0.0/8`, `127.0.0.1`, `::1`.
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let s = s.trim();
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
+        None => max,
+    };
+    Ok(Cidr { addr, prefix })
 }
 
 /// QR lifetime estimates per provider.
@@ -215,6 +349,23 @@ mod tests {
         assert_eq!(c.providers, ["whatsapp", "google_messages", "telegram"]);
         assert_eq!(c.qr_ttl.for_provider("whatsapp"), Duration::from_secs(60));
         assert_eq!(c.qr_ttl.for_provider("telegram"), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn cidrs_match_their_networks_only() {
+        let net = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let host = parse_cidr("::1").unwrap();
+        assert!(host.contains("::1".parse().unwrap()));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("example.com").is_err());
+        assert!(
+            parse_cidr("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
     }
 
     #[test]

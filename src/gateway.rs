@@ -12,20 +12,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_service::Service;
 
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::sessions::SessionRegistry;
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::upstream::{self, RetryPolicy, Timeouts, UnipileClient};
-use crate::{assets, ws};
+use crate::{assets, auth, watch, ws};
 
 /// Where the embedded simulator is mounted in demo mode.
 pub const SIMULATOR_MOUNT: &str = "/simulator";
@@ -49,6 +54,8 @@ pub struct AppState {
     pub upstream: UnipileClient,
     /// Open link attempts.
     pub sessions: SessionRegistry,
+    /// Admission limits (overall and per client address).
+    pub limits: Limits,
     /// Cancelled when shutdown begins; every socket task watches it.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
@@ -109,11 +116,18 @@ impl Gateway {
                 poll: config.upstream_poll_timeout,
             },
         )?;
+        crate::metrics::install();
+        let limits = Limits::new(
+            config.max_sessions,
+            config.max_sessions_per_ip,
+            config.sessions_per_ip_per_minute,
+        );
         Ok(Gateway {
             state: Arc::new(AppState {
                 config,
                 upstream,
                 sessions: SessionRegistry::new(),
+                limits,
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 ready: AtomicBool::new(true),
@@ -153,15 +167,57 @@ impl Gateway {
                 }
             });
         }
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-        // Plain HTTP requests get the grace period too; after it they are dropped.
-        tokio::select! {
-            r = server => r?,
-            () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("HTTP connections still open after the grace period");
-            }
+        // Our own accept loop rather than `axum::serve`: it sets hyper's header read timeout
+        // (slow-header clients), and lets shutdown wait for plain HTTP connections separately
+        // from the WebSocket tasks.
+        let mut make_service =
+            router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let connections = TaskTracker::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = token.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, usually: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let service = match make_service.call(peer).await {
+                Ok(s) => s,
+                Err(never) => match never {},
+            };
+            let token = token.clone();
+            let handshake_timeout = state.config.handshake_timeout;
+            connections.spawn(async move {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(handshake_timeout);
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = token.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(grace, conn).await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections still open after the grace period");
         }
         state.tracker.close();
         if tokio::time::timeout(grace, state.tracker.wait())
@@ -180,19 +236,76 @@ impl Gateway {
 
 /// The gateway's routes; `serve` adds connection info (the WebSocket handler needs it).
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut app = Router::new()
-        .route("/ws/link/{provider}", get(ws::link))
-        .route("/config.json", get(page_config))
+    // The operator's views: admin token, or loopback clients when none is configured.
+    let admin = Router::new()
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(cancel_session))
         .route("/api/providers", get(list_providers))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let mut app = Router::new()
+        .route("/ws/link/{provider}", get(ws::link))
+        .route("/ws/watch", get(watch::watch))
+        .route("/config.json", get(page_config))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(admin)
         .fallback(assets::serve);
     if let Some(sim) = &state.simulator {
         app = app.nest_service(SIMULATOR_MOUNT, sim.router());
     }
-    app.with_state(state)
+    app.layer(middleware::from_fn_with_state(
+        state.clone(),
+        security_headers,
+    ))
+    .with_state(state)
+}
+
+async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match auth::admin(&state, peer, req.headers(), params.get("admin_token")) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Headers on every answer: no sniffing, no referrer (tokens may sit in page URLs), and for
+/// pages a CSP whose `frame-ancestors` the operator configures; API answers are never cached.
+async fn security_headers(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let api = req.uri().path().starts_with("/api/") || req.uri().path() == "/config.json";
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if api {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        let csp = format!(
+            "{}; frame-ancestors {}",
+            assets::CONTENT_SECURITY_POLICY,
+            state.config.frame_ancestors
+        );
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            headers.insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    resp
 }
 
 /// A random key for the embedded simulator, so nothing else on the machine can use it as an
@@ -234,24 +347,20 @@ async fn page_config(State(state): State<Arc<AppState>>) -> Response {
     let body = json!({
         "protocol": crate::protocol::PROTOCOL_VERSION,
         "demo": demo,
-        "token_required": false,
+        "token_required": state.config.token_secret.is_some(),
         "simulator": demo.then_some(SIMULATOR_MOUNT),
         "demo_twofa_password": state.demo_twofa_password,
         "providers": providers_json(&state),
     });
-    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+    Json(body).into_response()
 }
 
 async fn list_providers(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({ "providers": providers_json(&state) }))
 }
 
-async fn list_sessions(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({ "sessions": state.sessions.snapshot() })),
-    )
-        .into_response()
+async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "sessions": state.sessions.snapshot() }))
 }
 
 async fn cancel_session(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {

@@ -16,20 +16,28 @@
 //! - [`qr`]: QR encoding and SVG / terminal rendering, pure functions.
 //! - [`simulator`]: the embedded Unipile simulator (demo mode, tests, `qrlink simulate`).
 //! - [`assets`]: the embedded pages of `web/`.
+//! - [`auth`]: Origin allowlist, connect tokens, admin token, client address behind proxies.
+//! - [`limits`]: admission limits (overall, per address, per minute).
+//! - [`watch`]: the `/ws/watch` socket for dashboards.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`telemetry`]: tracing setup.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod auth;
 pub mod config;
 pub mod gateway;
+pub mod limits;
 pub mod link;
+pub mod metrics;
 pub mod protocol;
 pub mod qr;
 pub mod sessions;
 pub mod simulator;
 pub mod telemetry;
 pub mod upstream;
+pub mod watch;
 pub mod ws;
 
 pub use config::Config;

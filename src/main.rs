@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use qrlink::config::{Cli, Command, Config, LogFormat, SimulateArgs};
+use qrlink::auth;
+use qrlink::config::{Cli, Command, Config, LogFormat, SimulateArgs, TokenArgs};
 use qrlink::simulator::{Simulator, SimulatorConfig};
 use qrlink::{Gateway, telemetry};
 use tokio::net::TcpListener;
@@ -14,9 +15,27 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => serve(cli.serve).await,
-        Some(Command::Serve(config)) => serve(config).await,
+        Some(Command::Serve(config)) => serve(*config).await,
         Some(Command::Simulate(args)) => simulate(args).await,
+        Some(Command::Token(args)) => {
+            token(args);
+            Ok(())
+        }
     }
+}
+
+/// Prints a connect token: `websocat "ws://…/ws/link/whatsapp?token=$(qrlink token --sub u1)"`.
+fn token(args: TokenArgs) {
+    let now = auth::now_secs();
+    let claims = auth::Claims {
+        sub: args.sub,
+        exp: now + args.ttl.as_secs(),
+        iat: Some(now),
+        provider: args.provider,
+        account_id: args.account_id,
+        proxy: None,
+    };
+    println!("{}", auth::mint(&args.secret, &claims));
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -141,6 +141,10 @@ pub mod codes {
     pub const INVALID_MESSAGE: &str = "request/invalid_message";
     /// Too many sessions.
     pub const OVERLOADED: &str = "gateway/overloaded";
+    /// Too many sessions from this client address, open at once or opened in the last minute.
+    pub const RATE_LIMITED: &str = "request/rate_limited";
+    /// The attempt reached the gateway's maximum attempt duration.
+    pub const SESSION_EXPIRED: &str = "session/expired";
     /// The gateway is stopping.
     pub const SHUTTING_DOWN: &str = "gateway/shutting_down";
     /// Unipile could not be reached within the retry budget.
@@ -169,7 +173,7 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// The client sent a message over [`super::MAX_CLIENT_MESSAGE_BYTES`].
     pub const TOO_BIG: u16 = 1009;
-    /// Over capacity; try again later.
+    /// Over capacity or rate limited; try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
@@ -200,6 +204,8 @@ pub fn message_for(code: &str) -> &'static str {
         codes::UNAUTHORIZED => "This link attempt is not authorized.",
         codes::INVALID_MESSAGE => "The client sent a message the gateway cannot read.",
         codes::OVERLOADED => "The gateway is busy. Try again in a moment.",
+        codes::RATE_LIMITED => "Too many link attempts from this address. Try again in a minute.",
+        codes::SESSION_EXPIRED => "This link attempt lasted too long. Start again.",
         codes::SHUTTING_DOWN => "The gateway is restarting. Try again in a moment.",
         codes::UPSTREAM_UNAVAILABLE => "Unipile cannot be reached right now.",
         codes::UPSTREAM_INVALID => "Unipile answered something the gateway cannot read.",
@@ -308,6 +314,8 @@ mod tests {
             codes::UNAUTHORIZED,
             codes::INVALID_MESSAGE,
             codes::OVERLOADED,
+            codes::RATE_LIMITED,
+            codes::SESSION_EXPIRED,
             codes::SHUTTING_DOWN,
             codes::UPSTREAM_UNAVAILABLE,
             codes::UPSTREAM_INVALID,

@@ -4,10 +4,11 @@
 //! Encoding is always at error correction level M with the `qrcode` crate's optimal segmentation,
 //! Reed–Solomon codewords and module placement. The mask is chosen here: `qrcode` scores the
 //! eight candidate masks module by module through a boxed closure per window, which costs about
-//! 2.3 ms for a 225-byte WhatsApp payload, far over the budget of a gateway that renders one QR per
-//! rotation per session. The bit-parallel scorer below computes the same penalties (ISO/IEC 18004
-//! rules N1–N4, as `qrcode` implements them), so it picks the same mask and the symbol is
-//! identical to `qrcode`'s own, module for module; a unit test holds it to that.
+//! 2 ms for a 225-byte WhatsApp payload, far over the budget of a gateway that renders one QR per
+//! rotation per session (`benches/qr.rs` measures both). The bit-parallel scorer below computes
+//! the same penalties (ISO/IEC 18004 rules N1–N4, as `qrcode` implements them), so it picks the
+//! same mask and the symbol is identical to `qrcode`'s own, module for module; a unit test holds
+//! it to that.
 
 use std::ops::{BitAnd, BitOr, BitXor, Not};
 
@@ -99,7 +100,8 @@ impl QrMatrix {
         push_int(&mut svg, size as i32);
         svg.push(' ');
         push_int(&mut svg, size as i32);
-        svg.push_str(r##"" shape-rendering="crispEdges" role="img"><rect width="100%" height="100%" fill="#fff"/><path fill="#000" d=""##);
+        svg.push_str(r#"" shape-rendering="crispEdges" role="img">"#);
+        svg.push_str(r##"<rect width="100%" height="100%" fill="#fff"/><path fill="#000" d=""##);
         self.push_outline(&mut svg);
         svg.push_str(r#""/></svg>"#);
         svg
@@ -110,9 +112,9 @@ impl QrMatrix {
     /// Drawn for a dark terminal, the common default and what websocat users mostly have: light
     /// modules are printed as blocks in the (light) text colour, dark modules as spaces that show
     /// the (dark) background. Printed the other way round, the quiet zone would be the dark
-    /// background itself and scanners would not find the code. On a light terminal the same text
-    /// shows a colour-inverted code, which the camera apps of current phones (iOS, Google Lens)
-    /// still read, while a non-inverted rendering would fail on dark terminals for every scanner.
+    /// background itself and no scanner would find the code. On a light terminal the same text
+    /// shows a reflectance-reversed code (light on dark), which ISO/IEC 18004:2015 allows and
+    /// many phone scanners read, though not all: the page's SVG is the fallback there.
     pub fn to_text(&self) -> String {
         let size = self.width + 2 * QUIET_ZONE;
         let lines = size.div_ceil(2);

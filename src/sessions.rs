@@ -5,14 +5,81 @@
 //! (terminal frame, hang-up, panic, shutdown) can never leak an entry.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use dashmap::DashMap;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{Envelope, ServerFrame};
+
+/// Events buffered per watcher before a slow one starts losing them (and is told so with a
+/// `lagged` event). Link attempts never wait for watchers.
+pub const WATCH_BUFFER: usize = 1024;
+
+/// How a session ended, for `closed` events and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The account was linked.
+    Account,
+    /// Nobody scanned in time.
+    Timeout,
+    /// An error frame ended it.
+    Error,
+    /// The client or an operator cancelled it.
+    Cancelled,
+    /// The client went away without a terminal frame.
+    Disconnected,
+    /// The gateway shut down.
+    Shutdown,
+}
+
+impl Outcome {
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Account => "account",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Disconnected => "disconnected",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What watchers (`/ws/watch`) receive, besides the snapshot.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    /// A session started.
+    Opened {
+        /// Session id.
+        session: String,
+        /// Provider.
+        provider: String,
+        /// Client IP address.
+        client: String,
+        /// RFC 3339 start time.
+        at: String,
+    },
+    /// A frame as sent to the session's browser (QR content is stripped per watcher).
+    Frame(Arc<Envelope>),
+    /// A session ended.
+    Closed {
+        /// Session id.
+        session: String,
+        /// How it ended.
+        outcome: Outcome,
+        /// Its length.
+        duration_ms: u64,
+        /// The error code, when `outcome` is `error`.
+        code: Option<String>,
+    },
+}
 
 /// What a session is doing now, for snapshots and dashboards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,6 +126,8 @@ pub struct Session {
     rotation: AtomicU32,
     /// A [`Phase`] as u8, so the socket task updates it without a lock.
     phase: AtomicU8,
+    /// Set once, by whatever ends the session first; unset at drop means `disconnected`.
+    outcome: OnceLock<(Outcome, Option<String>)>,
 }
 
 impl Session {
@@ -70,6 +139,47 @@ impl Session {
     /// Records a new QR.
     pub fn set_rotation(&self, rotation: u32) {
         self.rotation.store(rotation, Ordering::Relaxed);
+    }
+
+    /// Records how the session ends; the first call wins.
+    pub fn set_outcome(&self, outcome: Outcome, code: Option<String>) {
+        let _ = self.outcome.set((outcome, code));
+    }
+
+    /// Updates phase, rotation and outcome from a frame about to be sent.
+    pub fn record_frame(&self, frame: &ServerFrame) {
+        match frame {
+            ServerFrame::Qr(q) => {
+                self.set_phase(Phase::Qr);
+                self.set_rotation(q.rotation);
+                metrics::counter!("qrlink_qr_issued_total", "provider" => self.provider.clone())
+                    .increment(1);
+                if q.rotation == 1 {
+                    metrics::histogram!("qrlink_time_to_first_qr_seconds", "provider" => self.provider.clone())
+                        .record(self.started.elapsed().as_secs_f64());
+                }
+            }
+            ServerFrame::Checkpoint { .. } => self.set_phase(Phase::Checkpoint),
+            ServerFrame::Account { .. } => {
+                self.set_phase(Phase::Closing);
+                self.set_outcome(Outcome::Account, None);
+                metrics::histogram!("qrlink_time_to_scan_seconds", "provider" => self.provider.clone())
+                    .record(self.started.elapsed().as_secs_f64());
+            }
+            ServerFrame::Timeout { .. } => {
+                self.set_phase(Phase::Closing);
+                self.set_outcome(Outcome::Timeout, None);
+            }
+            ServerFrame::Error(e) => {
+                self.set_phase(Phase::Closing);
+                let outcome = match e.code.as_str() {
+                    crate::protocol::codes::CANCELLED => Outcome::Cancelled,
+                    crate::protocol::codes::SHUTTING_DOWN => Outcome::Shutdown,
+                    _ => Outcome::Error,
+                };
+                self.set_outcome(outcome, Some(e.code.clone()));
+            }
+        }
     }
 
     /// The current state, for snapshots.
@@ -111,6 +221,8 @@ pub struct SessionRegistry {
     sessions: Arc<DashMap<String, Arc<Session>>>,
     /// The number of open sessions, so callers can wait for a count instead of polling.
     count: Arc<watch::Sender<usize>>,
+    /// Session events for watchers; sending never blocks a link attempt.
+    events: broadcast::Sender<WatchEvent>,
 }
 
 impl Default for SessionRegistry {
@@ -118,6 +230,7 @@ impl Default for SessionRegistry {
         SessionRegistry {
             sessions: Arc::default(),
             count: Arc::new(watch::Sender::new(0)),
+            events: broadcast::Sender::new(WATCH_BUFFER),
         }
     }
 }
@@ -126,6 +239,29 @@ impl SessionRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Events from now on (subscribe before taking a snapshot so nothing falls between).
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
+    /// Watchers connected.
+    pub fn watchers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
+    /// Publishes a frame a session just sent; builds nothing when nobody watches.
+    pub fn publish_frame(&self, envelope: impl FnOnce() -> Envelope) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(WatchEvent::Frame(Arc::new(envelope())));
+        }
+    }
+
+    fn publish(&self, event: impl FnOnce() -> WatchEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event());
+        }
     }
 
     /// Resolves once the number of open sessions satisfies `pred`.
@@ -147,9 +283,18 @@ impl SessionRegistry {
             cancel: CancellationToken::new(),
             rotation: AtomicU32::new(0),
             phase: AtomicU8::new(Phase::Starting as u8),
+            outcome: OnceLock::new(),
         });
         self.sessions.insert(session.id.clone(), session.clone());
         self.count.send_modify(|n| *n += 1);
+        metrics::gauge!("qrlink_sessions_active", "provider" => session.provider.clone())
+            .increment(1.0);
+        self.publish(|| WatchEvent::Opened {
+            session: session.id.clone(),
+            provider: session.provider.clone(),
+            client: session.client.ip().to_string(),
+            at: humantime::format_rfc3339_millis(session.started_at).to_string(),
+        });
         SessionGuard {
             registry: self.clone(),
             session,
@@ -206,9 +351,27 @@ impl std::ops::Deref for SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        if self.registry.sessions.remove(&self.session.id).is_some() {
-            self.registry.count.send_modify(|n| *n -= 1);
+        if self.registry.sessions.remove(&self.session.id).is_none() {
+            return;
         }
+        self.registry.count.send_modify(|n| *n -= 1);
+        let s = &self.session;
+        let (outcome, code) = s
+            .outcome
+            .get()
+            .cloned()
+            .unwrap_or((Outcome::Disconnected, None));
+        let provider = s.provider.clone();
+        metrics::gauge!("qrlink_sessions_active", "provider" => provider.clone()).decrement(1.0);
+        metrics::counter!("qrlink_sessions_ended_total",
+            "provider" => provider, "outcome" => outcome.as_str())
+        .increment(1);
+        self.registry.publish(|| WatchEvent::Closed {
+            session: s.id.clone(),
+            outcome,
+            duration_ms: s.started.elapsed().as_millis() as u64,
+            code,
+        });
     }
 }
 
@@ -255,6 +418,39 @@ mod tests {
         assert!(reg.cancel(&guard.id));
         assert!(guard.cancel.is_cancelled());
         assert!(!reg.cancel("ses_nope"));
+    }
+
+    #[test]
+    fn watchers_see_opened_then_closed_with_the_outcome() {
+        let reg = SessionRegistry::new();
+        let mut rx = reg.subscribe();
+        let guard = reg.register("whatsapp", addr());
+        let id = guard.id.clone();
+        guard.record_frame(&ServerFrame::Timeout { rotations: 2 });
+        drop(guard);
+        match rx.try_recv().unwrap() {
+            WatchEvent::Opened { session, .. } => assert_eq!(session, id),
+            other => panic!("expected opened, got {other:?}"),
+        }
+        match rx.try_recv().unwrap() {
+            WatchEvent::Closed { outcome, .. } => assert_eq!(outcome, Outcome::Timeout),
+            other => panic!("expected closed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_session_dropped_without_an_outcome_is_disconnected() {
+        let reg = SessionRegistry::new();
+        let mut rx = reg.subscribe();
+        drop(reg.register("telegram", addr()));
+        let _opened = rx.try_recv().unwrap();
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            WatchEvent::Closed {
+                outcome: Outcome::Disconnected,
+                ..
+            }
+        ));
     }
 
     #[test]

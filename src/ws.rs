@@ -1,8 +1,11 @@
 //! The WebSocket endpoint `/ws/link/{provider}`: carries the frames of one link attempt.
 //!
-//! The socket loop is one `select!` over shutdown, operator cancel, the link attempt's frames and
-//! the client's messages. The link future lives inside the loop: whenever the loop ends (hang-up,
-//! `cancel`, protocol error, shutdown) the future is dropped and its upstream request aborted.
+//! Before the upgrade: the Origin check (403). After it, in order: provider, shutdown, connect
+//! token, admission limits; each refusal is an `error` frame and a close code. Then the socket
+//! loop: one `select!` over shutdown, operator cancel, the attempt's deadline, keepalive, the
+//! link attempt's frames and the client's messages. The link future lives inside the loop:
+//! whenever the loop ends (hang-up, `cancel`, protocol error, shutdown) the future is dropped
+//! and its upstream request aborted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,16 +14,20 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::response::Response;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
 
+use crate::auth;
 use crate::gateway::AppState;
+use crate::limits::Denied;
 use crate::link::{self, LinkRequest, QrFormats};
 use crate::protocol::{
     ClientFrame, Envelope, ErrorFrame, MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close, codes,
 };
-use crate::sessions::{Phase, SessionGuard};
-use tracing::Instrument;
+use crate::sessions::{Outcome, SessionGuard};
 
 /// Frames the link attempt may queue ahead of the socket. Small: a client that does not read
 /// stalls its own attempt, never the gateway.
@@ -29,21 +36,52 @@ const FRAME_QUEUE: usize = 4;
 const CODE_QUEUE: usize = 2;
 /// How long to wait for the client's Close after ours before dropping the connection.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+/// Initial read buffer per socket. Clients send a few bytes (`cancel`, a 2FA code); the
+/// tungstenite default (128 KiB) would dominate the memory of an idle session.
+const READ_BUFFER: usize = 4 * 1024;
+/// Outgoing bytes buffered per socket before a send fails: a few QR frames. A client that stops
+/// reading hits this or the send timeout and is disconnected.
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
-/// `GET /ws/link/{provider}`: upgrade, then run one link attempt.
+/// `GET /ws/link/{provider}`: check the Origin, upgrade, then run one link attempt.
 pub async fn link(
     State(state): State<Arc<AppState>>,
     Path(provider): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.max_message_size(MAX_CLIENT_MESSAGE_BYTES)
+    if let Err(refusal) = auth::check_origin(&state.config, &headers) {
+        tracing::info!(peer = %peer.ip(), "refused a WebSocket from a foreign origin");
+        return refusal.into_response();
+    }
+    let client = auth::client_addr(&state.config, peer, &headers);
+    let token = auth::token_from_request(params.get("token"), &headers).map(str::to_owned);
+    ws.protocols([auth::SUBPROTOCOL])
+        .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
-            tracker.track_future(link_socket(socket, state, provider, params, client))
+            let attempt = Attempt {
+                provider,
+                params,
+                client,
+                token,
+            };
+            tracker.track_future(link_socket(socket, state, attempt))
         })
+}
+
+/// What the upgrade request asked for.
+struct Attempt {
+    provider: String,
+    params: HashMap<String, String>,
+    client: SocketAddr,
+    token: Option<String>,
 }
 
 /// How a socket ends, besides the terminal frame it may already have sent.
@@ -61,28 +99,66 @@ impl Ending {
     }
 }
 
-async fn link_socket(
-    mut socket: WebSocket,
-    state: Arc<AppState>,
-    provider: String,
-    params: HashMap<String, String>,
-    client: SocketAddr,
-) {
+/// Refuses a socket before any session exists: one error frame, then the close code.
+async fn refuse(mut socket: WebSocket, code: &str, retryable: bool, close_code: u16) {
+    let frame = Envelope {
+        session: String::new(),
+        seq: 1,
+        frame: ServerFrame::Error(ErrorFrame::gateway(code, retryable)),
+    };
+    let text = serde_json::to_string(&frame).expect("frames serialize");
+    if socket.send(Message::Text(text.into())).await.is_ok() {
+        close_socket(socket, close_code).await;
+    }
+}
+
+async fn link_socket(socket: WebSocket, state: Arc<AppState>, attempt: Attempt) {
+    let Attempt {
+        provider,
+        params,
+        client,
+        token,
+    } = attempt;
     if !state.config.providers.contains(&provider) {
-        let mut seq = 0;
-        let frame = ServerFrame::Error(ErrorFrame::gateway(codes::UNKNOWN_PROVIDER, false));
-        let _ = send_frame(&mut socket, "", &mut seq, frame).await;
-        close_socket(socket, close::POLICY).await;
-        return;
+        return refuse(socket, codes::UNKNOWN_PROVIDER, false, close::POLICY).await;
     }
     if state.shutdown.is_cancelled() {
-        let mut seq = 0;
-        let frame = ServerFrame::Error(ErrorFrame::gateway(codes::SHUTTING_DOWN, true));
-        let _ = send_frame(&mut socket, "", &mut seq, frame).await;
-        close_socket(socket, close::GOING_AWAY).await;
-        return;
+        return refuse(socket, codes::SHUTTING_DOWN, true, close::GOING_AWAY).await;
     }
+    let claims = match &state.config.token_secret {
+        Some(secret) => {
+            match auth::verify(
+                secret,
+                state.config.token_max_ttl,
+                token.as_deref(),
+                &provider,
+            ) {
+                Ok(claims) => Some(claims),
+                Err(e) => {
+                    tracing::info!(client = %client.ip(), reason = %e, "refused a link attempt");
+                    return refuse(socket, codes::UNAUTHORIZED, false, close::POLICY).await;
+                }
+            }
+        }
+        None => None,
+    };
+    let permit = match state.limits.admit(client.ip(), state.sessions.len()) {
+        Ok(p) => p,
+        Err(denied) => {
+            let code = match denied {
+                Denied::Overloaded => codes::OVERLOADED,
+                Denied::RateLimited => codes::RATE_LIMITED,
+            };
+            tracing::info!(client = %client.ip(), code, "refused a link attempt");
+            return refuse(socket, code, true, close::TRY_AGAIN_LATER).await;
+        }
+    };
 
+    // With connect tokens, what to link comes from the token alone, never from the URL.
+    let (account_id, sub, proxy) = match claims {
+        Some(c) => (c.account_id, Some(c.sub), c.proxy),
+        None => (params.get("account_id").cloned(), None, None),
+    };
     let session = state.sessions.register(&provider, client);
     let span = tracing::info_span!("session", id = %session.id, provider = %provider);
     let req = LinkRequest {
@@ -91,14 +167,15 @@ async fn link_socket(
             .get("qr")
             .map(|q| QrFormats::parse(q))
             .unwrap_or_default(),
-        account_id: params.get("account_id").cloned(),
-        state: None,
-        proxy: None,
+        account_id,
+        state: sub,
+        proxy,
         provider,
     };
     session_loop(socket, &state, &session, &req)
         .instrument(span)
         .await;
+    drop(permit);
 }
 
 async fn session_loop(
@@ -108,12 +185,18 @@ async fn session_loop(
     req: &LinkRequest,
 ) {
     tracing::info!(client = %session.client.ip(), "link attempt opened");
+    let config = &state.config;
     let (frames_tx, mut frames_rx) = mpsc::channel(FRAME_QUEUE);
     let (codes_tx, codes_rx) = mpsc::channel(CODE_QUEUE);
     // Boxed so it can be dropped (aborting its upstream request) before the close handshake.
     let mut attempt = Box::pin(link::run(&state.upstream, req, frames_tx, codes_rx));
     let mut attempt_done = false;
     let mut seq = 0u64;
+    let deadline = tokio::time::sleep(config.max_attempt_duration);
+    tokio::pin!(deadline);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    let mut last_heard = Instant::now();
 
     let ending: Option<Ending> = loop {
         tokio::select! {
@@ -124,22 +207,17 @@ async fn session_loop(
             _ = session.cancel.cancelled() => {
                 break Ending::error(codes::CANCELLED, true, close::NORMAL);
             }
+            () = &mut deadline => {
+                break Ending::error(codes::SESSION_EXPIRED, true, close::NORMAL);
+            }
             frame = frames_rx.recv() => {
                 let Some(frame) = frame else {
                     // The attempt ended without a terminal frame: only when its client is gone.
                     break None;
                 };
                 let terminal = frame.is_terminal();
-                match &frame {
-                    ServerFrame::Qr(q) => {
-                        session.set_phase(Phase::Qr);
-                        session.set_rotation(q.rotation);
-                    }
-                    ServerFrame::Checkpoint { .. } => session.set_phase(Phase::Checkpoint),
-                    _ => session.set_phase(Phase::Closing),
-                }
-                if send_frame(&mut socket, &session.id, &mut seq, frame).await.is_err() {
-                    tracing::info!("client gone while sending");
+                if emit(&mut socket, state, session, &mut seq, frame).await.is_err() {
+                    tracing::info!("client gone or not reading; dropping it");
                     return;
                 }
                 if terminal {
@@ -150,7 +228,18 @@ async fn session_loop(
                 // Its frames are still queued in `frames_rx`; the loop sends them next.
                 attempt_done = true;
             }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= config.client_timeout {
+                    tracing::info!("client silent too long; dropping it");
+                    return;
+                }
+                let sent = tokio::time::timeout(config.client_timeout, socket.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+            }
             msg = socket.recv() => {
+                last_heard = Instant::now();
                 match client_message(msg) {
                     Incoming::Ignore => {}
                     Incoming::Gone => {
@@ -159,6 +248,7 @@ async fn session_loop(
                     }
                     Incoming::Cancel => {
                         tracing::info!("client cancelled");
+                        session.set_outcome(Outcome::Cancelled, None);
                         break Some(Ending { error: None, close_code: close::NORMAL });
                     }
                     Incoming::Code(code) => {
@@ -172,21 +262,21 @@ async fn session_loop(
             }
         }
     };
+    // Drop the attempt (and its upstream request) before anything else is awaited.
+    drop(attempt);
     let Some(ending) = ending else {
         return;
     };
     if let Some(error) = ending.error {
         tracing::info!(code = %error.code, "session ended by the gateway");
-        let _ = send_frame(
-            &mut socket,
-            &session.id,
-            &mut seq,
-            ServerFrame::Error(error),
-        )
-        .await;
+        let frame = ServerFrame::Error(error);
+        if emit(&mut socket, state, session, &mut seq, frame)
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
-    // Drop the attempt (and its upstream request) before the close handshake.
-    drop(attempt);
     close_socket(socket, ending.close_code).await;
 }
 
@@ -227,20 +317,33 @@ fn ws_error_kind(e: &axum::Error) -> Option<u16> {
     }
 }
 
-async fn send_frame(
+/// Sends a session's frame, records what it means for the session, and shows it to watchers.
+/// Fails if the client is gone or has not taken the frame within the client timeout.
+async fn emit(
     socket: &mut WebSocket,
-    session: &str,
+    state: &AppState,
+    session: &SessionGuard,
     seq: &mut u64,
     frame: ServerFrame,
-) -> Result<(), axum::Error> {
+) -> Result<(), ()> {
+    session.record_frame(&frame);
     *seq += 1;
     let envelope = Envelope {
-        session: session.to_owned(),
+        session: session.id.clone(),
         seq: *seq,
         frame,
     };
     let text = serde_json::to_string(&envelope).expect("frames serialize");
-    socket.send(Message::Text(text.into())).await
+    let sent = tokio::time::timeout(
+        state.config.client_timeout,
+        socket.send(Message::Text(text.into())),
+    )
+    .await;
+    state.sessions.publish_frame(|| envelope);
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// Sends Close and waits briefly for the client's Close, so well-behaved clients see a clean
@@ -250,10 +353,10 @@ async fn close_socket(mut socket: WebSocket, code: u16) {
         code,
         reason: "".into(),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
         while let Some(Ok(msg)) = socket.recv().await {
             if matches!(msg, Message::Close(_)) {
                 break;

@@ -23,6 +23,7 @@ async fn start_binary(upstream: &str, rust_log: &str) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qrlink"))
         .args(["--listen", "127.0.0.1:0", "--unipile-api-url", upstream])
         .args(["--unipile-api-key", API_KEY, "--shutdown-grace", "5s"])
+        .args(["--max-sessions-per-ip", "1000"])
         .env("RUST_LOG", rust_log)
         .env_remove("QRLINK_LOG_FORMAT")
         .stdin(Stdio::null())

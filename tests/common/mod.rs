@@ -111,6 +111,11 @@ impl TestGateway {
             "20ms".to_owned(),
             "--shutdown-grace".to_owned(),
             "3s".to_owned(),
+            // Every test client comes from 127.0.0.1; the per-address limits have their own tests.
+            "--max-sessions-per-ip".to_owned(),
+            "100000".to_owned(),
+            "--sessions-per-ip-per-minute".to_owned(),
+            "100000".to_owned(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = Config::from_args(args).expect("test config parses");
@@ -263,6 +268,68 @@ pub async fn frames_until_close(client: &mut WsClient) -> (Vec<Envelope>, u16) {
             Next::Frame(f) => frames.push(f),
             Next::Close(code) => return (frames, code),
             Next::Eof => panic!("connection ended without a close after {frames:?}"),
+        }
+    }
+}
+
+/// A gateway in demo mode (no API key) on 127.0.0.1:0: it mounts the embedded simulator under
+/// `/simulator` and calls it over HTTP itself, as `cargo run` does; shuts down when dropped.
+pub struct DemoGateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl DemoGateway {
+    /// `qr_ttl` as the flag takes it (`"30s"`, Telegram gets half), `qr_count` codes per attempt.
+    pub async fn start(qr_ttl: &str, qr_count: u32) -> DemoGateway {
+        init_logs();
+        let count = qr_count.to_string();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--demo-qr-ttl",
+            qr_ttl,
+            "--demo-qr-count",
+            &count,
+        ];
+        let config = Config::from_args(args).expect("demo config parses");
+        assert!(
+            config.unipile_api_key.is_none(),
+            "demo mode needs no API key"
+        );
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = Gateway::new(config, addr).expect("gateway builds");
+        let state = gateway.state().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(gateway.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        DemoGateway {
+            addr,
+            state,
+            stop: Some(stop),
+        }
+    }
+
+    /// The embedded simulator the gateway calls.
+    pub fn sim(&self) -> &Simulator {
+        self.state
+            .simulator
+            .as_ref()
+            .expect("a demo gateway embeds a simulator")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for DemoGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 }
