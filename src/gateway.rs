@@ -32,6 +32,9 @@ use crate::simulator::{Simulator, SimulatorConfig};
 use crate::upstream::{self, RetryPolicy, Timeouts, UnipileClient};
 use crate::{assets, auth, watch, ws};
 
+/// How long a connection accepted during shutdown may take to send its request.
+const DRAIN_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Where the embedded simulator is mounted in demo mode.
 pub const SIMULATOR_MOUNT: &str = "/simulator";
 
@@ -173,9 +176,25 @@ impl Gateway {
         let mut make_service =
             router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let connections = TaskTracker::new();
+        // After the signal the listener stays open while sessions say goodbye, so load balancers
+        // polling `/readyz` see 503 (and new link attempts get `gateway/shutting_down`) instead
+        // of a refused connection; it closes once every session is gone or the grace is over.
+        let mut draining = false;
+        let drain_deadline = tokio::time::sleep(grace);
+        tokio::pin!(drain_deadline);
         loop {
             let (stream, peer) = tokio::select! {
-                () = token.cancelled() => break,
+                () = token.cancelled(), if !draining => {
+                    draining = true;
+                    state.tracker.close();
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + grace);
+                    continue;
+                }
+                () = state.tracker.wait(), if draining => break,
+                () = &mut drain_deadline, if draining => {
+                    tracing::warn!(open = state.tracker.len(), "sessions still open after the grace period");
+                    break;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -193,6 +212,7 @@ impl Gateway {
             };
             let token = token.clone();
             let handshake_timeout = state.config.handshake_timeout;
+            let accepted_while_draining = draining;
             connections.spawn(async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -202,9 +222,16 @@ impl Gateway {
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                     .with_upgrades();
                 tokio::pin!(conn);
+                // A connection accepted while draining gets a moment to send its one request
+                // (a readiness probe, a last link attempt that will be told to come back).
+                let settle = if accepted_while_draining {
+                    DRAIN_SETTLE
+                } else {
+                    std::time::Duration::ZERO
+                };
                 tokio::select! {
                     _ = conn.as_mut() => {}
-                    () = token.cancelled() => {
+                    () = async { token.cancelled().await; tokio::time::sleep(settle).await } => {
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(grace, conn).await;
                     }
@@ -218,16 +245,6 @@ impl Gateway {
             .is_err()
         {
             tracing::warn!("HTTP connections still open after the grace period");
-        }
-        state.tracker.close();
-        if tokio::time::timeout(grace, state.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = state.tracker.len(),
-                "sessions still open after the grace period"
-            );
         }
         tracing::info!("stopped");
         Ok(())

@@ -172,12 +172,14 @@ impl Session {
             }
             ServerFrame::Error(e) => {
                 self.set_phase(Phase::Closing);
-                let outcome = match e.code.as_str() {
-                    crate::protocol::codes::CANCELLED => Outcome::Cancelled,
-                    crate::protocol::codes::SHUTTING_DOWN => Outcome::Shutdown,
-                    _ => Outcome::Error,
-                };
-                self.set_outcome(outcome, Some(e.code.clone()));
+                // `closed` names the code for errors only; cancel and shutdown say it all.
+                match e.code.as_str() {
+                    crate::protocol::codes::CANCELLED => self.set_outcome(Outcome::Cancelled, None),
+                    crate::protocol::codes::SHUTTING_DOWN => {
+                        self.set_outcome(Outcome::Shutdown, None)
+                    }
+                    _ => self.set_outcome(Outcome::Error, Some(e.code.clone())),
+                }
             }
         }
     }

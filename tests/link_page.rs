@@ -20,9 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{DemoGateway, TWOFA, TestGateway, WAIT, sim_config};
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::elements::Element;
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
+use hyper_util::client::legacy::connect::HttpConnector;
 use qrlink::simulator::{Endpoint, Fault};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,6 +59,13 @@ async fn picking_whatsapp_shows_a_qr_that_a_rotation_replaces_and_a_scan_shows_t
             assert_eq!(page.text("#rotation").await, "Code 1");
             assert_eq!(page.attr("#app", "data-provider").await, "whatsapp");
             page.screenshot_as("first-code").await;
+            // Counts every moment the box holds no code: a rotation must never empty it.
+            page.js::<Value>(
+                "const qr = document.getElementById('qr'); window.__emptied = 0;\
+                 new MutationObserver(() => { if (!qr.querySelector('svg')) window.__emptied++; })\
+                 .observe(qr, { childList: true, subtree: true }); return null",
+            )
+            .await;
 
             page.wait_js(
                 "the second code",
@@ -64,13 +74,14 @@ async fn picking_whatsapp_shows_a_qr_that_a_rotation_replaces_and_a_scan_shows_t
             .await;
             let second = page.qr_path().await;
             assert_ne!(first, second, "expected the rotation to draw a new code");
+            let emptied: u32 = page.js("return window.__emptied").await;
+            assert_eq!(emptied, 0, "the code box went empty during the rotation");
             let intents = gw.sim().intent_ids();
             assert_eq!(
                 intents.len(),
                 1,
                 "a rotation stays in one intent: {intents:?}"
             );
-            assert_eq!(gw.sim().issued_qrs(&intents[0]).len(), 2);
 
             gw.sim()
                 .scan(&intents[0])
@@ -409,9 +420,9 @@ async fn the_qr_view_fits_a_phone_and_a_desktop_in_light_and_dark() {
     run(
         "the_qr_view_fits_a_phone_and_a_desktop_in_light_and_dark",
         async |page| {
-            page.viewport(360, 760, true).await;
             page.goto(&gw.url("/")).await;
             page.wait_state("idle").await;
+            page.viewport(360, 760, true).await;
             page.screenshot_as("phone-picker").await;
             page.click("#picker button[data-provider='whatsapp']").await;
             page.wait_state("qr").await;
@@ -423,6 +434,10 @@ async fn the_qr_view_fits_a_phone_and_a_desktop_in_light_and_dark() {
             page.assert_fits(264.0).await;
             page.screenshot().await;
             page.screenshot_as("desktop").await;
+            // The README's picture (docs/screenshot-qr.png is copied from it).
+            page.viewport(960, 700, false).await;
+            page.settle().await;
+            page.screenshot_as("readme").await;
 
             page.cdp(
                 "Emulation.setEmulatedMedia",
@@ -451,6 +466,59 @@ async fn the_qr_view_fits_a_phone_and_a_desktop_in_light_and_dark() {
     .await;
 }
 
+#[tokio::test]
+async fn the_page_works_from_the_keyboard_and_names_the_code_for_screen_readers() {
+    let gw = TestGateway::with(sim_config(Duration::from_secs(30), 2), &[]).await;
+    run(
+        "the_page_works_from_the_keyboard_and_names_the_code_for_screen_readers",
+        async |page| {
+            page.goto(&gw.url("/")).await;
+            for expected in ["whatsapp", "google_messages", "telegram"] {
+                page.press(Key::Tab).await;
+                let focused: Option<String> = page
+                    .js("return document.activeElement.dataset.provider || null")
+                    .await;
+                assert_eq!(
+                    focused.as_deref(),
+                    Some(expected),
+                    "Tab order of the picker"
+                );
+            }
+            page.press(Key::Enter).await;
+            page.wait_state("qr").await;
+            page.qr_path().await;
+            assert_eq!(page.attr("#qr", "role").await, "img");
+            let label = page.attr("#qr", "aria-label").await;
+            assert!(
+                label.starts_with("QR code 1 for Telegram, expires in"),
+                "the code's text alternative: {label:?}"
+            );
+            assert_eq!(page.attr("#status", "aria-live").await, "polite");
+            assert_eq!(
+                page.text("#status").await,
+                "Code ready. Scan it with Telegram on your phone."
+            );
+
+            gw.sim().scan(&latest_intent(gw.sim())).expect("scan");
+            page.wait_state("checkpoint").await;
+            // The field has the focus: type and press Enter, no mouse.
+            for c in TWOFA.chars() {
+                page.press_char(c).await;
+            }
+            page.press(Key::Enter).await;
+            page.wait_state("account").await;
+            assert!(
+                page.js::<bool>("return document.activeElement.id === 'title'")
+                    .await,
+                "the focus moves to the new view's title"
+            );
+            assert_eq!(page.text("#title").await, "Telegram is linked");
+            page.screenshot().await;
+        },
+    )
+    .await;
+}
+
 fn latest_intent(sim: &qrlink::simulator::Simulator) -> String {
     sim.intent_ids()
         .pop()
@@ -466,7 +534,9 @@ async fn run(name: &'static str, test: impl AsyncFnOnce(&Page)) {
     let Some(page) = Page::open(name).await else {
         return;
     };
+    let started = Instant::now();
     let outcome = AssertUnwindSafe(test(&page)).catch_unwind().await;
+    eprintln!("{name}: {:.1?} in the browser", started.elapsed());
     if outcome.is_err() {
         eprintln!("{name}: the page was {}", page.describe().await);
         for line in page.console_errors().await {
@@ -498,14 +568,18 @@ impl Page {
     async fn open(name: &'static str) -> Option<Page> {
         common::init_logs();
         let chromedriver = find_in_path("chromedriver");
-        if chromedriver.is_none() || !Path::new(CHROMIUM).exists() {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "chromedriver or {CHROMIUM} is missing on CI; .ci/run installs them \
-                     (apt-get install chromium chromium-driver)"
-                );
-            }
-            println!("skipping: chromedriver not found (apt-get install chromium chromium-driver)");
+        let missing = match &chromedriver {
+            None => "chromedriver",
+            Some(_) if !Path::new(CHROMIUM).exists() => CHROMIUM,
+            Some(_) => "",
+        };
+        if !missing.is_empty() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{missing} not found, and CI must run the browser tests: \
+                 apt-get install chromium chromium-driver (.ci/run does)"
+            );
+            println!("skipping: {missing} not found (apt-get install chromium chromium-driver)");
             return None;
         }
         let slot = BROWSERS
@@ -531,8 +605,7 @@ impl Page {
             }),
         );
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
-        let client = ClientBuilder::rustls()
-            .expect("rustls connector")
+        let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps)
             .connect(&driver.url())
             .await
@@ -557,6 +630,11 @@ impl Page {
             .goto(url)
             .await
             .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        self.wait_js(
+            "the page to be ready",
+            "return document.getElementById('app').dataset.ready === 'true'",
+        )
+        .await;
     }
 
     /// The element, once it is in the document.
@@ -639,12 +717,14 @@ impl Page {
         self.wait_js(&format!("state {state}"), &script).await;
     }
 
-    /// Waits for transitions and the QR cross-fade to end, so a screenshot shows a still page.
+    /// Waits for the QR cross-fade and the theme transitions to end, so a screenshot shows a
+    /// still page. The countdown bar moves all the time and spinners never stop: not waited for.
     async fn settle(&self) {
         self.wait_js(
             "animations to end",
             "return document.getAnimations().every((a) => a.playState !== 'running' \
-             || a.effect.getTiming().iterations === Infinity)",
+             || a.effect.getTiming().iterations === Infinity \
+             || (a.effect.target && a.effect.target.closest('.meter')))",
         )
         .await;
     }
@@ -666,6 +746,21 @@ impl Page {
             )
     }
 
+    /// Presses and releases `key` wherever the focus is.
+    async fn press(&self, key: Key) {
+        self.press_char(key.into()).await;
+    }
+
+    async fn press_char(&self, c: char) {
+        let keys = KeyActions::new("keyboard".to_owned())
+            .then(KeyAction::Down { value: c })
+            .then(KeyAction::Up { value: c });
+        self.client
+            .perform_actions(keys)
+            .await
+            .unwrap_or_else(|e| panic!("cannot press {c:?}: {e}"));
+    }
+
     /// The viewport, as a phone (touch, mobile layout) or a desktop browser.
     async fn viewport(&self, width: u32, height: u32, mobile: bool) {
         self.cdp(
@@ -673,8 +768,9 @@ impl Page {
             json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
         )
         .await;
-        let inner: u32 = self.js("return window.innerWidth").await;
-        assert_eq!(inner, width, "the viewport did not change");
+        let script = format!("return window.innerWidth === {width}");
+        self.wait_js(&format!("a viewport {width} px wide"), &script)
+            .await;
     }
 
     /// No sideways scrolling, and the code at least `min` CSS pixels wide, whole and in view.

@@ -26,7 +26,8 @@
  * current one, so a late frame from an old socket can never repaint the page.
  *
  * DOM hooks (stable, used by the browser tests)
- *   main#app[data-state][data-provider]
+ *   main#app[data-state][data-provider], and [data-ready="true"] once config.json is applied
+ *     and the page has started from its URL
  *   #picker: button[data-provider="whatsapp|google_messages|telegram"]
  *   #link (connecting, qr): #qr (role=img, holds exactly one <svg> once a code is shown, none
  *     in any other state), #rotation, #countdown, #simulate-scan (demo only),
@@ -142,8 +143,8 @@
     'request/unknown_provider': ['{app} cannot be linked here.', 'Choose another app.'],
     'request/unauthorized': ['This link is not valid, or it has expired.', 'Ask for a new link.', 'Link not valid'],
     'request/invalid_message': ['This page and the link service did not understand each other.', 'Reload the page and try again.'],
-    'gateway/overloaded': ['The link service is busy right now.', 'Try again in a minute.'],
-    'gateway/shutting_down': ['The link service is restarting.', 'Try again in a few seconds.'],
+    'gateway/overloaded': ['The link service is busy right now.', 'Try again in a minute.', 'Service busy'],
+    'gateway/shutting_down': ['The link service is restarting.', 'Try again in a few seconds.', 'Service restarting'],
     'gateway/upstream_unavailable': ['The linking service cannot be reached right now.', 'Try again in a moment.'],
     'gateway/upstream_invalid': ['The linking service sent an answer this page could not use.', SUPPORT],
     'gateway/unsupported_step': ['{app} asked for a step this page cannot handle.', 'Try again. If it keeps happening, this account has to be linked another way.'],
@@ -405,6 +406,7 @@
 
   /** An `account` frame: linked. */
   function enterAccount(a, frame) {
+    clearQr();
     const account = frame.account && typeof frame.account === 'object' ? frame.account : {};
     const p = providerById(typeof account.provider === 'string' ? account.provider.toLowerCase() : '') || a.provider;
     const name = nonEmpty(account.name) || nonEmpty(account.id) || 'Your account';
@@ -944,6 +946,10 @@
   }
 
   function buildPicker() {
+    // The built-in buttons already match (the usual case): keep them, and the focus on them.
+    const shown = Array.from(ui.providerList.querySelectorAll('button[data-provider]'), (b) => b.dataset.provider);
+    if (shown.join() === config.providers.map((p) => p.id).join() &&
+        config.providers.every((p) => p.name === (PROVIDERS[p.id] || {}).name)) return;
     ui.providerList.replaceChildren(...config.providers.map((p) => {
       const li = document.createElement('li');
       const button = document.createElement('button');
@@ -1028,7 +1034,16 @@
 
   async function init() {
     ui.chooseAnother.href = pageUrl(null);
-    config = await loadConfig();
+    // The picker's built-in buttons work at once: a click before config.json has arrived is
+    // acted on when it has (after the page has set itself up with it).
+    const configured = loadConfig().then((c) => {
+      config = c;
+    });
+    ui.providerList.addEventListener('click', (event) => {
+      const button = event.target.closest('button[data-provider]');
+      if (button) configured.then(() => choose(button.dataset.provider));
+    });
+    await configured;
     ui.banner.hidden = !config.demo;
     buildPicker();
     if (config.token_required && !token) {
@@ -1036,10 +1051,6 @@
       ui.pickerNote.textContent = 'This page needs a personal link to work. If linking fails, ask for a new link.';
     }
 
-    ui.providerList.addEventListener('click', (event) => {
-      const button = event.target.closest('button[data-provider]');
-      if (button) choose(button.dataset.provider);
-    });
     ui.retry.addEventListener('click', () => {
       if (provider) start(provider);
     });
@@ -1070,6 +1081,7 @@
     });
 
     route();
+    ui.app.dataset.ready = 'true';
   }
 
   init();

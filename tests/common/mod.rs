@@ -219,6 +219,20 @@ impl WsClient {
         }
     }
 
+    /// The next text message as it went over the wire (pings skipped).
+    pub async fn ws_text(&mut self) -> String {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("expected a message, got nothing in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
     pub async fn frame(&mut self) -> Envelope {
         match self.next().await {
             Next::Frame(f) => f,
@@ -330,6 +344,49 @@ impl Drop for DemoGateway {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+/// What the server sent next, exactly as it went over the wire.
+#[derive(Debug)]
+pub enum RawNext {
+    Text(String),
+    Close(u16),
+    /// The connection ended without a Close frame.
+    Eof,
+}
+
+impl WsClient {
+    /// The next text message exactly as the gateway sent it (pings and pongs skipped), or the
+    /// close: for checks that must see the bytes, not what a typed parser made of them.
+    pub async fn next_raw(&mut self) -> RawNext {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("expected a message from the gateway, got nothing in time");
+            match msg {
+                None => return RawNext::Eof,
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Ok(Message::Text(t))) => return RawNext::Text(t.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => {
+                    return RawNext::Close(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Every text message of a session until the close, exactly as sent, and the close code.
+pub async fn texts_until_close(client: &mut WsClient) -> (Vec<String>, u16) {
+    let mut texts = Vec::new();
+    loop {
+        match client.next_raw().await {
+            RawNext::Text(t) => texts.push(t),
+            RawNext::Close(code) => return (texts, code),
+            RawNext::Eof => panic!("connection ended without a close after {texts:?}"),
         }
     }
 }

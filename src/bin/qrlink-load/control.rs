@@ -79,10 +79,7 @@ impl SimControl {
         if !resp.status().is_success() {
             return Err(format!("intent answered {}", resp.status().as_u16()));
         }
-        let view: IntentView = resp
-            .json()
-            .await
-            .map_err(|e| format!("intent body: {e}"))?;
+        let view: IntentView = resp.json().await.map_err(|e| format!("intent body: {e}"))?;
         Ok(view.polls)
     }
 }

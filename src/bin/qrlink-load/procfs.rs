@@ -86,6 +86,9 @@ mod tests {
     #[test]
     fn this_process_can_be_sampled() {
         let s = sample(std::process::id(), true).unwrap();
-        assert!(s.rss_kib > 0 && s.threads > 0 && s.fds.unwrap() > 0, "{s:?}");
+        assert!(
+            s.rss_kib > 0 && s.threads > 0 && s.fds.unwrap() > 0,
+            "{s:?}"
+        );
     }
 }

@@ -17,9 +17,7 @@ const MAX_SOURCE_IPS: usize = 1024;
 /// Resolves `url`'s host and port and refuses anything that is not loopback: this tool opens
 /// thousands of connections per second and must never be pointed at someone else's server.
 pub fn loopback_addr(url: &url::Url) -> Result<SocketAddr, String> {
-    let host = url
-        .host_str()
-        .ok_or_else(|| format!("{url} has no host"))?;
+    let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
     let port = url
         .port_or_known_default()
         .ok_or_else(|| format!("{url} has no port"))?;

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Measures the figures of issue #6 (see benches/README.md): for each scenario, RUNS runs, each
+# against a freshly started simulator and gateway (or Express peer), then the medians.
+#
+#   cargo build --release --bins && (cd benches/peer-express && npm ci)
+#   benches/run-figures.sh                 # every scenario
+#   benches/run-figures.sh rate hold9k     # some of them
+#
+# Scenarios: rate, hold1k, hold9k, express1k, express9k. Environment: RUNS (3), RATE (3000),
+# BIN (target/release), OUT (a new folder under /tmp/qrlink-bench), GW_ENV (extra environment
+# for the gateway, e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"), GW_ARGS
+# (extra gateway flags). Loopback only; needs `ulimit -n 20000` to be allowed (it raises it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n 20000
+
+BIN=${BIN:-target/release}
+RUNS=${RUNS:-3}
+RATE=${RATE:-3000}
+OUT=${OUT:-/tmp/qrlink-bench/$(date +%Y%m%d-%H%M%S)}
+SRC=127.0.0.2-127.0.0.20
+SIM_URL=http://127.0.0.1:3100
+mkdir -p "$OUT"
+echo "results in $OUT"
+
+SIM= GW=
+stop() {
+  for pid in $GW $SIM; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  SIM= GW=
+}
+trap stop EXIT
+
+wait_port() {
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+start_sim() {
+  RUST_LOG=warn "$BIN/qrlink" simulate --listen 127.0.0.1:3100 --api-key k --qr-ttl 60s \
+    >>"$OUT/simulator.log" 2>&1 &
+  SIM=$!
+  wait_port 3100
+}
+
+start_gateway() {
+  # Admission limits opened up: all the load comes from 19 loopback addresses.
+  env RUST_LOG=warn ${GW_ENV:-} "$BIN/qrlink" --listen 127.0.0.1:3000 \
+    --unipile-api-url "$SIM_URL" --unipile-api-key k \
+    --max-sessions 100000 --max-sessions-per-ip 100000 \
+    --sessions-per-ip-per-minute 100000000 ${GW_ARGS:-} >>"$OUT/gateway.log" 2>&1 &
+  GW=$!
+  wait_port 3000
+}
+
+start_express() {
+  UNIPILE_API_URL=$SIM_URL UNIPILE_API_KEY=k PORT=3200 \
+    node benches/peer-express/server.js >>"$OUT/express.log" 2>&1 &
+  GW=$!
+  wait_port 3200
+}
+
+load() { # name run args...
+  local name=$1 run=$2
+  shift 2
+  echo "== $name run $run" | tee -a "$OUT/tables.txt"
+  "$BIN/qrlink-load" --label "$name#$run" --json "$OUT/$name-$run.json" "$@" | tee -a "$OUT/tables.txt"
+}
+
+scenario() {
+  local name=$1 i
+  for i in $(seq "$RUNS"); do
+    start_sim
+    case $name in
+      rate)
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $((RATE * 30)) --rate "$RATE" \
+          --concurrency 2000 --hold-ms 0 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
+          --duration-limit 90s ;;
+      hold1k | hold9k)
+        local n=1000 hold=15000 scan=8000 hang=6000
+        [ "$name" = hold9k ] && n=9000 hold=40000 scan=20000 hang=19000
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $n --rate 500 --concurrency 20000 \
+          --hold-ms $hold --scan-after-ms $scan --scan-sample 100 --hangup-sample 100 \
+          --hangup-after-ms $hang --sim-url $SIM_URL --source-ips $SRC --gateway-pid "$GW" \
+          --sim-pid "$SIM" --duration-limit 120s ;;
+      express1k | express9k)
+        local n=1000 hold=15000 scan=8000 hang=6000
+        [ "$name" = express9k ] && n=9000 hold=40000 scan=20000 hang=19000
+        start_express
+        load "$name" "$i" --mode express --url http://127.0.0.1:3200 --sessions $n --rate 500 \
+          --concurrency 20000 --hold-ms $hold --scan-after-ms $scan --scan-sample 100 \
+          --hangup-sample 100 --hangup-after-ms $hang --sim-url $SIM_URL --source-ips $SRC \
+          --gateway-pid "$GW" --sim-pid "$SIM" --duration-limit 120s ;;
+      *) echo "unknown scenario $name" >&2; exit 2 ;;
+    esac
+    stop
+  done
+}
+
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(rate hold1k hold9k express1k express9k)
+for s in "${scenarios[@]}"; do
+  uptime | tee -a "$OUT/tables.txt"
+  scenario "$s"
+done
+
+# Medians over the runs of each scenario.
+for s in "${scenarios[@]}"; do
+  jq -s --arg s "$s" '
+    def median: sort | .[(length - 1) / 2 | floor];
+    {scenario: $s, runs: length,
+     achieved_per_s: (map(.rate.achieved_per_s) | median),
+     sustained_min_per_s: (map(.rate.sustained_min_per_s) | median),
+     first_qr_p50_ms: (map(.latency_ms.first_qr.p50) | median),
+     first_qr_p99_ms: (map(.latency_ms.first_qr.p99) | median),
+     frame_p99_ms: (map(.latency_ms.frame.p99) | median),
+     hangup_p99_ms: (map(.latency_ms.hangup_to_upstream_closed.p99) | median),
+     hangups_upstream_still_open: (map(.hangups.upstream_still_open) | median),
+     rss_per_open_session_kib: (map(.gateway.rss_per_open_session_kib) | median),
+     rss_slope_kib: (map(.gateway.rss_slope_kib_per_session // 0) | median),
+     cpu_ms_per_session_to_plateau: (map(.gateway.cpu_ms_per_session_to_plateau) | median),
+     cpu_ms_per_session_total: (map(.gateway.cpu_ms_per_session_total) | median),
+     failed: (map(.sessions.failed) | add)}' "$OUT/$s"-*.json
+done | tee "$OUT/medians.json"

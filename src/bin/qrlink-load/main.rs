@@ -1,0 +1,745 @@
+//! `qrlink-load`: the load generator of issue #6. Opens N link sessions against a qrlink gateway
+//! (`--mode ws`) or against the do-it-yourself long-poll peer (`--mode express`), at a given
+//! rate and concurrency, and reports sessions/s, first-QR latency, upstream answer → frame
+//! latency (scans through the simulator's control API), client hang-up → upstream closed
+//! latency, errors by kind, and the target's RSS and CPU per session from `/proc`.
+//!
+//! It refuses non-loopback targets, stops by itself (`--sessions` and `--duration-limit`), and
+//! spreads its sockets over `--source-ips` when one address would run out of ports.
+//!
+//! # Layout
+//! - `main.rs`: flags, the pacer, the sampler, putting the report together.
+//! - `session.rs`: roles, per-session results, the shared context and live counters.
+//! - `ws_mode.rs` / `express_mode.rs`: one simulated browser of each kind.
+//! - `control.rs`: the simulator's control API (scan, poll records).
+//! - `procfs.rs`: RSS, CPU and fds of a process.
+//! - `report.rs`: percentiles, the JSON report and the table.
+//! - `target.rs`: loopback checks, source addresses, bound connects.
+#![forbid(unsafe_code)]
+
+mod control;
+mod express_mode;
+mod procfs;
+mod report;
+mod session;
+mod target;
+mod ws_mode;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use control::SimControl;
+use procfs::ProcSample;
+use report::{HangUps, Latencies, Point, ProcReport, Rates, Report, Sessions, Stats};
+use session::{Ctx, End, Live, Role, SessionResult};
+
+/// Open many qrlink link sessions (or Express long-poll attempts) and measure them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "qrlink-load", version, about)]
+struct Args {
+    /// ws mode: the gateway (`ws://127.0.0.1:3000`; `/ws/link/{provider}` is appended unless
+    /// the path already names it). express mode: the peer (`http://127.0.0.1:3200`).
+    #[arg(long, default_value = "ws://127.0.0.1:3000")]
+    url: String,
+    /// `ws`: WebSockets against qrlink; `express`: the long-poll peer of benches/peer-express.
+    #[arg(long, value_enum, default_value = "ws")]
+    mode: Mode,
+    /// Sessions to open in all.
+    #[arg(long, default_value_t = 100)]
+    sessions: u64,
+    /// Sessions started per second (`3000` or `3000/s`).
+    #[arg(long, default_value = "100/s", value_parser = parse_rate)]
+    rate: f64,
+    /// Most sessions open at once; the pacer waits for a free slot beyond it.
+    #[arg(long, default_value_t = 10_000)]
+    concurrency: usize,
+    /// Provider to link.
+    #[arg(long, default_value = "whatsapp")]
+    provider: String,
+    /// ws mode: the `qr` query parameter (`svg`, `text`, `raw`, comma separated).
+    #[arg(long, default_value = "svg")]
+    qr: String,
+    /// How long each ordinary session stays open after its first QR, then hangs up (ms).
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
+    /// Scan a sample of sessions this long after their first QR (ms) through the simulator's
+    /// control API, and measure the upstream answer → frame latency. Needs `--sim-url`.
+    #[arg(long)]
+    scan_after_ms: Option<u64>,
+    /// How many sessions to scan (spread evenly over the run).
+    #[arg(long, default_value_t = 100)]
+    scan_sample: u64,
+    /// How many sessions hang up mid-poll to measure hang-up → upstream closed. Needs `--sim-url`.
+    #[arg(long, default_value_t = 0)]
+    hangup_sample: u64,
+    /// When the sampled sessions hang up, after their first QR (ms): the long poll has
+    /// started by then.
+    #[arg(long, default_value_t = 300)]
+    hangup_after_ms: u64,
+    /// The simulator's base URL (`http://127.0.0.1:3100`), for scans and poll records.
+    #[arg(long)]
+    sim_url: Option<String>,
+    /// Stop after this long whatever is left (sessions still running are counted aborted).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    duration_limit: Duration,
+    /// Bound on each step of a session: connect, first QR, scan → account, close.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    step_timeout: Duration,
+    /// Source addresses to spread connections over, e.g. `127.0.0.2-127.0.0.20`.
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// The gateway's (or peer's) pid on this machine: sample its RSS, CPU and fds.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// The simulator's pid: sample it too (to see it is not the bottleneck).
+    #[arg(long)]
+    sim_pid: Option<u32>,
+    /// How long after every session had its first QR the plateau reading is taken.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    plateau_delay: Duration,
+    /// How long after the last session ended the `after` reading is taken (and hang-ups
+    /// are checked).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Sampler period.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    sample_every: Duration,
+    /// Worker threads of this tool's runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Write the JSON report here (`-` for stdout; the table then goes to stderr).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A name for this run in the report.
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// WebSocket sessions against qrlink.
+    Ws,
+    /// HTTP long-poll attempts against the Express peer.
+    Express,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let n = s.trim().trim_end_matches("/s");
+    let rate: f64 = n.parse().map_err(|_| format!("{s:?} is not a rate"))?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err("the rate must be positive".to_owned())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qrlink-load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qrlink-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Everything sampled while the load runs.
+#[derive(Default)]
+struct Readings {
+    points: Vec<Point>,
+    gateway_peak: u64,
+    sim_peak: u64,
+    self_peak: u64,
+    peak_open: i64,
+    /// (open sessions, gateway RSS KiB) while the ramp runs, for the marginal slope.
+    ramp: Vec<(f64, f64)>,
+    plateau: Option<PlateauReading>,
+}
+
+struct PlateauReading {
+    open: i64,
+    gateway: Option<ProcSample>,
+    sim: Option<ProcSample>,
+    me: Option<ProcSample>,
+}
+
+fn build_ctx(args: &Args) -> Result<Ctx, String> {
+    let mut url = url::Url::parse(&args.url).map_err(|e| format!("--url {}: {e}", args.url))?;
+    let target = target::loopback_addr(&url)?;
+    match args.mode {
+        Mode::Ws => {
+            if !matches!(url.scheme(), "ws") {
+                return Err("ws mode needs a ws:// URL (TLS is not supported)".to_owned());
+            }
+            if !url.path().contains("/ws/link/") {
+                let path = format!(
+                    "{}/ws/link/{}",
+                    url.path().trim_end_matches('/'),
+                    args.provider
+                );
+                url.set_path(&path);
+            }
+            if url.query().is_none() {
+                url.query_pairs_mut().append_pair("qr", &args.qr);
+            }
+        }
+        Mode::Express => {
+            if url.scheme() != "http" {
+                return Err("express mode needs an http:// URL".to_owned());
+            }
+        }
+    }
+    let sources = match &args.source_ips {
+        Some(spec) => target::parse_source_ips(spec)?,
+        None => Vec::new(),
+    };
+    let sim = match &args.sim_url {
+        Some(s) => {
+            let sim_url = url::Url::parse(s).map_err(|e| format!("--sim-url {s}: {e}"))?;
+            target::loopback_addr(&sim_url)?;
+            Some(SimControl::new(s).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    if sim.is_none() && (args.scan_after_ms.is_some() || args.hangup_sample > 0) {
+        return Err("scans and hang-up measurements need --sim-url".to_owned());
+    }
+    let http = if args.mode == Mode::Express {
+        let builder = || {
+            reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(usize::MAX)
+        };
+        let clients: Result<Vec<_>, _> = if sources.is_empty() {
+            vec![builder().build()].into_iter().collect()
+        } else {
+            sources
+                .iter()
+                .map(|ip| builder().local_address(*ip).build())
+                .collect()
+        };
+        clients.map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    Ok(Ctx {
+        target,
+        url: url.to_string().trim_end_matches('/').to_owned(),
+        provider: args.provider.clone(),
+        sources,
+        http,
+        sim,
+        hold: Duration::from_millis(args.hold_ms),
+        scan_after: Duration::from_millis(args.scan_after_ms.unwrap_or(0)),
+        hangup_after: Duration::from_millis(args.hangup_after_ms),
+        step_timeout: args.step_timeout,
+        live: Live::default(),
+    })
+}
+
+/// The role of session `i`: samples spread evenly, scans first.
+fn role_of(args: &Args, i: u64) -> Role {
+    let every = |k: u64| (k > 0).then(|| (args.sessions / k).max(1));
+    if args.scan_after_ms.is_some()
+        && let Some(stride) = every(args.scan_sample)
+        && i % stride == 0
+        && i / stride < args.scan_sample
+    {
+        return Role::Scan;
+    }
+    if let Some(stride) = every(args.hangup_sample) {
+        let offset = stride / 2;
+        if i % stride == offset && i / stride < args.hangup_sample {
+            return Role::HangUp;
+        }
+    }
+    Role::Hold
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let ctx = Arc::new(build_ctx(&args)?);
+    if let Some(limit) = procfs::open_files_limit() {
+        let need = args.sessions.min(args.concurrency as u64) + 64;
+        if need > limit {
+            eprintln!(
+                "qrlink-load: warning: up to {need} sockets may be open but this process may \
+                 open {limit} files; raise it first (ulimit -n 20000)"
+            );
+        }
+    }
+    let sample = |pid: Option<u32>, fds: bool| pid.and_then(|p| procfs::sample(p, fds).ok());
+    let me = Some(std::process::id());
+    let before = (
+        sample(args.gateway_pid, true),
+        sample(args.sim_pid, true),
+        sample(me, false),
+    );
+    if args.gateway_pid.is_some() && before.0.is_none() {
+        return Err(format!(
+            "cannot read /proc/{}",
+            args.gateway_pid.unwrap_or(0)
+        ));
+    }
+
+    let start = Instant::now();
+    let deadline = start + args.duration_limit;
+    let readings = Arc::new(Mutex::new(Readings::default()));
+    // u64::MAX until the pacer knows how many sessions it started.
+    let started_total = Arc::new(AtomicU64::new(u64::MAX));
+    let ramping = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn(sampler(
+        args.clone(),
+        ctx.clone(),
+        readings.clone(),
+        started_total.clone(),
+        ramping.clone(),
+        start,
+    ));
+
+    // The pacer: session i starts at `start + i / rate`, when a concurrency slot is free.
+    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut tasks: JoinSet<SessionResult> = JoinSet::new();
+    let mut results = Vec::with_capacity(args.sessions as usize);
+    let mut started = 0u64;
+    let mut last_start = start;
+    for i in 0..args.sessions {
+        let due = start + Duration::from_secs_f64(i as f64 / args.rate);
+        if due >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = tokio::time::sleep_until(deadline.into()) => break,
+        };
+        // Reap finished sessions as we go, so a long run does not hold every task.
+        while let Some(done) = tasks.try_join_next() {
+            results.push(done.unwrap_or_else(|_| SessionResult::new(Role::Hold).fail("panic")));
+        }
+        let role = role_of(&args, i);
+        let ctx = ctx.clone();
+        let mode = args.mode;
+        tasks.spawn(async move {
+            let r = match mode {
+                Mode::Ws => ws_mode::run(&ctx, i, role).await,
+                Mode::Express => express_mode::run(&ctx, i, role).await,
+            };
+            drop(permit);
+            r
+        });
+        started += 1;
+        last_start = Instant::now();
+    }
+    started_total.store(started, Ordering::Relaxed);
+    let mut aborted = 0u64;
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                None => break,
+                Some(done) => results.push(done.unwrap_or_else(|_| SessionResult::new(Role::Hold).fail("panic"))),
+            },
+            () = tokio::time::sleep_until(deadline.into()) => {
+                aborted = tasks.len() as u64;
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    let ended = Instant::now();
+    ramping.store(false, Ordering::Relaxed);
+    tokio::time::sleep(args.settle).await;
+    sampler.abort();
+    let after = (
+        sample(args.gateway_pid, true),
+        sample(args.sim_pid, true),
+        sample(me, false),
+    );
+
+    let mut report = summarize(
+        &args, &ctx, &results, started, aborted, start, last_start, ended,
+    );
+    cross_check(&ctx, &results, &mut report).await;
+    let readings = std::mem::take(&mut *readings.lock().unwrap_or_else(|p| p.into_inner()));
+    report.sessions.peak_open = readings.peak_open;
+    let plateau = readings.plateau.as_ref();
+    let plateau_open = plateau.map_or(0, |p| p.open);
+    report.gateway = args.gateway_pid.map(|pid| {
+        proc_report(
+            pid,
+            before.0,
+            plateau.and_then(|p| p.gateway),
+            plateau_open,
+            readings.gateway_peak,
+            after.0,
+            started,
+            slope_kib(&readings.ramp),
+        )
+    });
+    report.simulator = args.sim_pid.map(|pid| {
+        proc_report(
+            pid,
+            before.1,
+            plateau.and_then(|p| p.sim),
+            plateau_open,
+            readings.sim_peak,
+            after.1,
+            started,
+            None,
+        )
+    });
+    report.load_generator = Some(proc_report(
+        std::process::id(),
+        before.2,
+        plateau.and_then(|p| p.me),
+        plateau_open,
+        readings.self_peak,
+        after.2,
+        started,
+        None,
+    ));
+    report.timeline = readings.points;
+
+    let table = report.table();
+    let json = serde_json::to_string_pretty(&report).expect("the report serializes");
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => {
+            eprint!("{table}");
+            println!("{json}");
+        }
+        Some(path) => {
+            print!("{table}");
+            std::fs::write(path, json + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        None => print!("{table}"),
+    }
+    Ok(())
+}
+
+fn slope_kib(ramp: &[(f64, f64)]) -> Option<f64> {
+    // Only the part of the ramp with a real spread of open sessions says anything.
+    let top = ramp.iter().map(|p| p.0).fold(0.0, f64::max);
+    let useful: Vec<(f64, f64)> = ramp.iter().copied().filter(|p| p.0 >= top * 0.1).collect();
+    report::slope(&useful)
+}
+
+/// Samples the processes and the live counters every `sample_every`; takes the plateau reading.
+async fn sampler(
+    args: Args,
+    ctx: Arc<Ctx>,
+    readings: Arc<Mutex<Readings>>,
+    started_total: Arc<AtomicU64>,
+    ramping: Arc<AtomicBool>,
+    start: Instant,
+) {
+    let mut tick = tokio::time::interval(args.sample_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut settled_at: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let open = ctx.live.open.load(Ordering::Relaxed);
+        let ready = ctx.live.ready.load(Ordering::Relaxed);
+        let gateway = args.gateway_pid.and_then(|p| procfs::sample(p, false).ok());
+        let sim = args.sim_pid.and_then(|p| procfs::sample(p, false).ok());
+        let me = procfs::sample(std::process::id(), false).ok();
+        let all_settled = ctx.live.settled() >= started_total.load(Ordering::Relaxed);
+        let take_plateau = match settled_at {
+            None if all_settled => {
+                settled_at = Some(Instant::now());
+                false
+            }
+            Some(at) => at.elapsed() >= args.plateau_delay,
+            None => false,
+        };
+        let mut r = readings.lock().unwrap_or_else(|p| p.into_inner());
+        r.peak_open = r.peak_open.max(open);
+        r.gateway_peak = r.gateway_peak.max(gateway.map_or(0, |s| s.rss_kib));
+        r.sim_peak = r.sim_peak.max(sim.map_or(0, |s| s.rss_kib));
+        r.self_peak = r.self_peak.max(me.map_or(0, |s| s.rss_kib));
+        if let Some(g) = gateway
+            && settled_at.is_none()
+            && ramping.load(Ordering::Relaxed)
+        {
+            r.ramp.push((open as f64, g.rss_kib as f64));
+        }
+        r.points.push(Point {
+            t_ms: start.elapsed().as_millis() as u64,
+            open,
+            ready,
+            gateway_rss_kib: gateway.map_or(0, |s| s.rss_kib),
+            gateway_cpu_ms: gateway.map_or(0, |s| s.cpu_ms),
+        });
+        if take_plateau && r.plateau.is_none() {
+            drop(r);
+            // fds are counted here only: reading a directory of 20,000 entries is not free.
+            let reading = PlateauReading {
+                open: ctx.live.open.load(Ordering::Relaxed),
+                gateway: args.gateway_pid.and_then(|p| procfs::sample(p, true).ok()),
+                sim: args.sim_pid.and_then(|p| procfs::sample(p, true).ok()),
+                me: procfs::sample(std::process::id(), false).ok(),
+            };
+            readings.lock().unwrap_or_else(|p| p.into_inner()).plateau = Some(reading);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn proc_report(
+    pid: u32,
+    before: Option<ProcSample>,
+    plateau: Option<ProcSample>,
+    plateau_open: i64,
+    peak: u64,
+    after: Option<ProcSample>,
+    started: u64,
+    slope: Option<f64>,
+) -> ProcReport {
+    let per_open = match (before, plateau) {
+        (Some(b), Some(p)) if plateau_open > 0 => {
+            Some((p.rss_kib as f64 - b.rss_kib as f64) / plateau_open as f64)
+        }
+        _ => None,
+    };
+    let per_started = |from: Option<ProcSample>, to: Option<ProcSample>| match (from, to) {
+        (Some(a), Some(b)) if started > 0 => {
+            Some(b.cpu_ms.saturating_sub(a.cpu_ms) as f64 / started as f64)
+        }
+        _ => None,
+    };
+    ProcReport {
+        pid,
+        before,
+        plateau,
+        plateau_open,
+        peak_rss_kib: peak,
+        after,
+        rss_per_open_session_kib: per_open,
+        rss_slope_kib_per_session: slope,
+        rss_after_vs_before_pct: match (before, after) {
+            (Some(b), Some(a)) if b.rss_kib > 0 => {
+                Some((a.rss_kib as f64 - b.rss_kib as f64) * 100.0 / b.rss_kib as f64)
+            }
+            _ => None,
+        },
+        cpu_ms_per_session_to_plateau: per_started(before, plateau),
+        cpu_ms_per_session_total: per_started(before, after),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    args: &Args,
+    ctx: &Ctx,
+    results: &[SessionResult],
+    started: u64,
+    aborted: u64,
+    start: Instant,
+    last_start: Instant,
+    ended: Instant,
+) -> Report {
+    let micros = |f: &dyn Fn(&SessionResult) -> Option<Duration>| -> Vec<i64> {
+        results
+            .iter()
+            .filter_map(f)
+            .map(|d| d.as_micros() as i64)
+            .collect()
+    };
+    let mut outcomes = std::collections::BTreeMap::new();
+    let mut errors = std::collections::BTreeMap::new();
+    let mut ok = 0;
+    let mut failed = 0;
+    for r in results {
+        *outcomes.entry(r.end.name().to_owned()).or_insert(0u64) += 1;
+        match &r.end {
+            End::Failed(kind) => {
+                failed += 1;
+                *errors.entry(kind.clone()).or_insert(0u64) += 1;
+            }
+            End::Aborted => {}
+            _ => ok += 1,
+        }
+    }
+    if aborted > 0 {
+        *outcomes.entry("aborted".to_owned()).or_insert(0) += aborted;
+    }
+    let qr_times: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.first_qr_at)
+        .map(|t| t - start)
+        .collect();
+    let last_qr = qr_times.iter().max().copied().unwrap_or_default();
+    let mut per_second = vec![0u64; last_qr.as_secs() as usize + 1];
+    for t in &qr_times {
+        per_second[t.as_secs() as usize] += 1;
+    }
+    let ramp = last_start - start;
+    // Full seconds inside the ramp; the last, partial one would understate the rate.
+    let full = ramp.as_secs() as usize;
+    let sustained = if full >= 1 {
+        per_second[..full.min(per_second.len())]
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0) as f64
+    } else {
+        0.0
+    };
+    let achieved = if last_qr > Duration::ZERO {
+        qr_times.len() as f64 / last_qr.as_secs_f64()
+    } else {
+        0.0
+    };
+    let mut sizes: Vec<usize> = results
+        .iter()
+        .filter(|r| r.first_qr_bytes > 0)
+        .map(|r| r.first_qr_bytes)
+        .collect();
+    sizes.sort_unstable();
+    Report {
+        label: args.label.clone(),
+        mode: format!("{:?}", args.mode).to_lowercase(),
+        url: ctx.url.clone(),
+        provider: args.provider.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        sessions: Sessions {
+            planned: args.sessions,
+            started,
+            reached_qr: qr_times.len() as u64,
+            ok,
+            failed,
+            aborted,
+            peak_open: 0,
+        },
+        outcomes,
+        errors,
+        rate: Rates {
+            offered_per_s: args.rate,
+            started_per_s: if ramp > Duration::ZERO {
+                started.saturating_sub(1) as f64 / ramp.as_secs_f64()
+            } else {
+                0.0
+            },
+            achieved_per_s: achieved,
+            sustained_min_per_s: if full >= 1 { sustained } else { achieved },
+            first_qrs_per_second: per_second,
+            ramp_s: ramp.as_secs_f64(),
+            wall_s: (ended - start).as_secs_f64(),
+        },
+        latency_ms: Latencies {
+            connect: Stats::of_micros(micros(&|r| r.connect)),
+            first_qr: Stats::of_micros(micros(&|r| r.first_qr)),
+            start_to_first_qr: Stats::of_micros(micros(&|r| r.start_to_qr)),
+            ..Latencies::default()
+        },
+        first_qr_bytes_p50: sizes.get(sizes.len() / 2).copied().unwrap_or(0),
+        ..Report::default()
+    }
+}
+
+/// Matches the sampled scans and hang-ups with the simulator's poll records.
+async fn cross_check(ctx: &Ctx, results: &[SessionResult], report: &mut Report) {
+    let Some(sim) = &ctx.sim else {
+        return;
+    };
+    let mut frames = Vec::new();
+    let mut hangups = Vec::new();
+    let mut counts = HangUps::default();
+    for r in results {
+        let Some(id) = &r.intent_id else {
+            continue;
+        };
+        if let Some(received) = r.account_at_us {
+            let polls = sim.polls(id).await.unwrap_or_default();
+            let answered = polls.iter().rev().find(|p| {
+                p.outcome.kind == "answered" && p.outcome.object.as_deref() == Some("Account")
+            });
+            match answered.and_then(|p| p.ended) {
+                Some(at) => frames.push(received - at),
+                None => report.frames_unmatched += 1,
+            }
+        }
+        if let Some(hung_up) = r.hung_up_at_us {
+            counts.sampled += 1;
+            let polls = sim.polls(id).await.unwrap_or_default();
+            let last = polls.iter().rev().find(|p| p.started <= hung_up + 1_000);
+            match last {
+                Some(p) if p.outcome.kind == "hung_up" => {
+                    counts.upstream_closed += 1;
+                    if let Some(at) = p.ended {
+                        hangups.push(at - hung_up);
+                    }
+                }
+                Some(p) if p.outcome.kind == "pending" => counts.upstream_still_open += 1,
+                _ => counts.other += 1,
+            }
+        }
+    }
+    report.latency_ms.frame = Stats::of_micros(frames);
+    report.latency_ms.hangup_to_upstream_closed = Stats::of_micros(hangups);
+    report.hangups = counts;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let argv = ["qrlink-load"].iter().chain(extra.iter());
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn rates_parse_with_or_without_per_second() {
+        assert_eq!(parse_rate("3000/s"), Ok(3000.0));
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
+        assert!(parse_rate("0").is_err() && parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn samples_are_spread_and_scans_win_over_hang_ups() {
+        let a = args(&[
+            "--sessions",
+            "100",
+            "--scan-after-ms",
+            "10",
+            "--scan-sample",
+            "10",
+            "--hangup-sample",
+            "10",
+        ]);
+        let roles: Vec<Role> = (0..100).map(|i| role_of(&a, i)).collect();
+        assert_eq!(roles.iter().filter(|r| **r == Role::Scan).count(), 10);
+        assert_eq!(roles.iter().filter(|r| **r == Role::HangUp).count(), 10);
+        assert_eq!(roles[0], Role::Scan);
+        assert_eq!(roles[5], Role::HangUp);
+        let none = args(&["--sessions", "100", "--hangup-sample", "0"]);
+        assert!((0..100).all(|i| role_of(&none, i) == Role::Hold));
+    }
+
+    #[test]
+    fn the_link_path_is_appended_to_a_bare_gateway_url() {
+        let ctx = build_ctx(&args(&["--url", "ws://127.0.0.1:3000"])).unwrap();
+        assert_eq!(ctx.url, "ws://127.0.0.1:3000/ws/link/whatsapp?qr=svg");
+        assert!(build_ctx(&args(&["--url", "ws://192.0.2.7:3000"])).is_err());
+    }
+}

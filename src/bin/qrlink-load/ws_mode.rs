@@ -1,0 +1,237 @@
+//! One simulated browser against qrlink: a WebSocket on `/ws/link/{provider}`, frames in.
+//!
+//! Frames are read with a light struct (type, intent id, error code) rather than the full
+//! `Envelope`: the SVG is skipped, not copied, so the load generator, which shares the machine
+//! with the gateway, spends as little CPU per frame as it can.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use qrlink::protocol::close;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::session::{Ctx, End, OpenGuard, Role, SessionResult, unix_now_us};
+use crate::target;
+
+/// Client-side buffers: frames are a few KiB to a few tens of KiB, and thousands of sockets
+/// live in this one process, so tungstenite's 128 KiB defaults would only waste memory.
+const CLIENT_BUFFER: usize = 8 * 1024;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// The fields of a server frame this tool looks at.
+#[derive(Debug, Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    intent_id: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// What the next message was.
+enum Next {
+    Frame(Frame, usize),
+    Close(u16),
+    Gone(String),
+}
+
+async fn next(ws: &mut Ws) -> Next {
+    loop {
+        match ws.next().await {
+            None => return Next::Gone("eof".to_owned()),
+            Some(Err(e)) => return Next::Gone(ws_error_kind(&e)),
+            Some(Ok(Message::Text(text))) => {
+                return match serde_json::from_str::<Frame>(text.as_str()) {
+                    Ok(frame) => Next::Frame(frame, text.len()),
+                    Err(_) => Next::Gone("unparsable_frame".to_owned()),
+                };
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Next::Close(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            Some(Ok(Message::Binary(_))) => return Next::Gone("binary_frame".to_owned()),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+fn ws_error_kind(e: &WsError) -> String {
+    match e {
+        WsError::Http(resp) => format!("http_{}", resp.status().as_u16()),
+        WsError::Io(io) => format!("io_{:?}", io.kind()),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".to_owned(),
+        WsError::Protocol(_) => "protocol".to_owned(),
+        other => format!("ws_{}", variant(&format!("{other:?}"))),
+    }
+}
+
+fn variant(debug: &str) -> &str {
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or(debug)
+}
+
+/// Runs session `i` with `role` to its end.
+pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
+    let mut r = SessionResult::new(role);
+    let start = Instant::now();
+    let step = ctx.step_timeout;
+    let stream = match timeout(step, target::connect(ctx.target, ctx.source(i))).await {
+        Err(_) => return early(ctx, r, "connect_timeout".to_owned()),
+        Ok(Err(e)) => return early(ctx, r, format!("connect_{:?}", e.kind())),
+        Ok(Ok(s)) => s,
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(CLIENT_BUFFER)
+        .write_buffer_size(0);
+    let handshake =
+        tokio_tungstenite::client_async_with_config(ctx.url.as_str(), stream, Some(config));
+    let mut ws = match timeout(step, handshake).await {
+        Err(_) => return early(ctx, r, "handshake_timeout".to_owned()),
+        Ok(Err(e)) => return early(ctx, r, format!("handshake_{}", ws_error_kind(&e))),
+        Ok(Ok((ws, _))) => ws,
+    };
+    let upgraded = Instant::now();
+    r.connect = Some(upgraded - start);
+    let _open = OpenGuard::new(&ctx.live);
+
+    // The first frame must be a QR.
+    match timeout(step, next(&mut ws)).await {
+        Err(_) => return early(ctx, r, "first_qr_timeout".to_owned()),
+        Ok(Next::Frame(frame, bytes)) if frame.kind == "qr" => {
+            let now = Instant::now();
+            r.first_qr = Some(now - upgraded);
+            r.start_to_qr = Some(now - start);
+            r.first_qr_at = Some(now);
+            r.first_qr_bytes = bytes;
+            r.qrs = 1;
+            r.intent_id = frame.intent_id;
+            ctx.live.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Next::Frame(frame, _)) => {
+            let kind = match frame.kind.as_str() {
+                "error" => format!("error_{}", frame.code.unwrap_or_default()),
+                other => format!("first_frame_{other}"),
+            };
+            return early(ctx, r, kind);
+        }
+        Ok(Next::Close(code)) => return early(ctx, r, format!("closed_before_qr_{code}")),
+        Ok(Next::Gone(kind)) => return early(ctx, r, format!("before_qr_{kind}")),
+    }
+    let first_qr = r.first_qr_at.unwrap_or(upgraded);
+    let end = after_first_qr(ctx, &mut ws, &mut r, first_qr).await;
+    r.ended(end)
+}
+
+fn early(ctx: &Ctx, r: SessionResult, kind: String) -> SessionResult {
+    ctx.live.failed_early.fetch_add(1, Ordering::Relaxed);
+    r.fail(kind)
+}
+
+async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: Instant) -> End {
+    let mut timer = Some(
+        qr_at
+            + match r.role {
+                Role::Hold => ctx.hold,
+                Role::Scan => ctx.scan_after,
+                Role::HangUp => ctx.hangup_after,
+            },
+    );
+    let mut scan: Option<JoinHandle<Result<(), String>>> = None;
+    let mut account_deadline: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = sleep_until(timer.unwrap_or(qr_at).into()), if timer.is_some() => {
+                timer = None;
+                match r.role {
+                    Role::Hold => {
+                        hang_up(ws, true, ctx.step_timeout).await;
+                        return End::HungUp;
+                    }
+                    Role::HangUp => {
+                        r.hung_up_at_us = Some(unix_now_us());
+                        hang_up(ws, false, ctx.step_timeout).await;
+                        return End::HungUp;
+                    }
+                    Role::Scan => {
+                        let (Some(sim), Some(id)) = (ctx.sim.clone(), r.intent_id.clone()) else {
+                            return End::Failed("scan_without_sim_or_intent".to_owned());
+                        };
+                        scan = Some(tokio::spawn(async move { sim.scan(&id).await }));
+                        account_deadline = Some(Instant::now() + ctx.step_timeout);
+                    }
+                }
+            }
+            done = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
+                scan = None;
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return End::Failed(format!("scan_{e}")),
+                    Err(_) => return End::Failed("scan_task".to_owned()),
+                }
+            }
+            () = sleep_until(account_deadline.unwrap_or(qr_at).into()), if account_deadline.is_some() => {
+                return End::Failed("account_timeout".to_owned());
+            }
+            msg = next(ws) => match msg {
+                Next::Frame(frame, _) => match frame.kind.as_str() {
+                    "qr" => r.qrs += 1,
+                    "account" => {
+                        r.account_at_us = Some(unix_now_us());
+                        return terminal(ws, End::Account, ctx.step_timeout).await;
+                    }
+                    "timeout" => return terminal(ws, End::Timeout, ctx.step_timeout).await,
+                    "error" => {
+                        let code = frame.code.unwrap_or_default();
+                        return terminal(ws, End::Failed(format!("error_{code}")), ctx.step_timeout).await;
+                    }
+                    other => return End::Failed(format!("unexpected_frame_{other}")),
+                },
+                Next::Close(code) => return End::Failed(format!("closed_without_terminal_{code}")),
+                Next::Gone(kind) => return End::Failed(format!("lost_{kind}")),
+            },
+        }
+    }
+}
+
+/// After a terminal frame the gateway must close with 1000.
+async fn terminal(ws: &mut Ws, end: End, step: Duration) -> End {
+    match timeout(step, next(ws)).await {
+        Ok(Next::Close(code)) if code == close::NORMAL => {
+            // Let tungstenite flush its Close reply, then the server drops the connection.
+            let _ = timeout(step, async { while ws.next().await.is_some() {} }).await;
+            end
+        }
+        Ok(Next::Close(code)) => End::Failed(format!("close_after_terminal_{code}")),
+        Ok(Next::Frame(frame, _)) => End::Failed(format!("frame_after_terminal_{}", frame.kind)),
+        Ok(Next::Gone(kind)) => End::Failed(format!("no_close_after_terminal_{kind}")),
+        Err(_) => End::Failed("close_timeout".to_owned()),
+    }
+}
+
+/// The client goes: a Close frame as a closing tab sends; with `wait`, the close handshake is
+/// completed (bounded), otherwise the connection is dropped at once.
+async fn hang_up(ws: &mut Ws, wait: bool, step: Duration) {
+    let frame = CloseFrame {
+        code: CloseCode::Away,
+        reason: "".into(),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() || !wait {
+        return;
+    }
+    let _ = timeout(step.min(Duration::from_secs(1)), async {
+        while ws.next().await.is_some() {}
+    })
+    .await;
+}

@@ -1,0 +1,153 @@
+//! The load generator of issue #6 (`qrlink-load`) runs against a real gateway and simulator and
+//! writes a report whose figures make sense.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestGateway, WAIT};
+use serde_json::Value;
+
+/// Runs `qrlink-load` with `args` and returns its JSON report (written to stdout).
+async fn load(args: &[String]) -> Value {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_qrlink-load"))
+        .args(args)
+        .args(["--json", "-"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT * 4, run)
+        .await
+        .expect("qrlink-load should stop by itself")
+        .expect("qrlink-load runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "qrlink-load failed: {stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("expected a JSON report, got {e}; stderr: {stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sessions_are_opened_scanned_and_hung_up_with_a_sane_report() {
+    // QRs live long enough that nothing rotates or times out during the run; the admission
+    // limits are raised because every session comes from one loopback address.
+    let gw = TestGateway::with(
+        common::sim_config(Duration::from_secs(30), 2),
+        &[
+            "--max-sessions-per-ip",
+            "1000",
+            "--sessions-per-ip-per-minute",
+            "100000",
+        ],
+    )
+    .await;
+    let args: Vec<String> = [
+        "--url",
+        &format!("ws://{}", gw.addr),
+        "--sim-url",
+        &gw.upstream.url(),
+        "--sessions",
+        "50",
+        "--rate",
+        "500/s",
+        "--concurrency",
+        "50",
+        "--hold-ms",
+        "300",
+        "--scan-after-ms",
+        "100",
+        "--scan-sample",
+        "5",
+        "--hangup-sample",
+        "5",
+        "--hangup-after-ms",
+        "200",
+        "--gateway-pid",
+        &std::process::id().to_string(),
+        "--plateau-delay",
+        "100ms",
+        "--settle",
+        "300ms",
+        "--duration-limit",
+        "30s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let report = load(&args).await;
+
+    let sessions = &report["sessions"];
+    assert_eq!(sessions["started"], 50, "report: {report:#}");
+    assert_eq!(sessions["reached_qr"], 50, "report: {report:#}");
+    assert_eq!(sessions["ok"], 50, "report: {report:#}");
+    assert_eq!(sessions["failed"], 0, "report: {report:#}");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!({}),
+        "expected no errors"
+    );
+    assert_eq!(
+        report["outcomes"]["account"], 5,
+        "the 5 scanned sessions link"
+    );
+    assert_eq!(report["outcomes"]["hung_up"], 45, "the others hang up");
+
+    let latency = &report["latency_ms"];
+    let first_qr = &latency["first_qr"];
+    assert_eq!(first_qr["n"], 50);
+    let p50 = first_qr["p50"].as_f64().expect("a first-QR median");
+    let p99 = first_qr["p99"].as_f64().expect("a first-QR p99");
+    assert!(
+        p50 > 0.0 && p50 <= p99,
+        "first QR p50 {p50} ms, p99 {p99} ms"
+    );
+    let frame = &latency["frame"];
+    assert_eq!(
+        frame["n"], 5,
+        "every scan is matched to the simulator's answer"
+    );
+    let hangup = &latency["hangup_to_upstream_closed"];
+    assert_eq!(
+        hangup["n"], 5,
+        "every sampled hang-up reaches the simulator"
+    );
+    assert_eq!(report["hangups"]["upstream_still_open"], 0);
+    // Cross-process readings of one clock: non-negative up to clock-conversion noise, and far
+    // below the test's own bound.
+    for (name, s) in [("frame", frame), ("hang-up", hangup)] {
+        let max = s["max"].as_f64().unwrap_or(f64::MAX);
+        let min = s["min"].as_f64().unwrap_or(f64::MIN);
+        assert!(
+            min > -5.0 && max < 5_000.0,
+            "{name} latency from {min} to {max} ms"
+        );
+    }
+
+    let rate = report["rate"]["achieved_per_s"].as_f64().unwrap_or(0.0);
+    assert!(rate > 0.0, "achieved rate {rate}");
+    let gateway = &report["gateway"];
+    assert!(
+        gateway["before"]["rss_kib"].as_u64().unwrap_or(0) > 0,
+        "the gateway's RSS is sampled: {gateway:#}"
+    );
+    assert!(
+        gateway["plateau"].is_object(),
+        "a plateau reading: {gateway:#}"
+    );
+    gw.wait_for_no_sessions().await;
+}
+
+#[tokio::test]
+async fn a_non_loopback_target_is_refused() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_qrlink-load"))
+        .args(["--url", "ws://192.0.2.1:3000", "--sessions", "1"])
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("refused at once")
+        .expect("runs");
+    assert!(!out.status.success(), "expected a refusal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loopback"),
+        "expected a loopback refusal, got {stderr}"
+    );
+}

@@ -1,0 +1,276 @@
+/**
+ * qrlink protocol v1: TypeScript definitions of every WebSocket message.
+ *
+ * Served by the gateway at `/qrlink.d.ts`, beside the AsyncAPI document (`/asyncapi.yaml`) and
+ * the JSON Schemas (`/schema/*.json`) it mirrors. Every message is one JSON object in one
+ * WebSocket text message; every union below is discriminated on `type`.
+ *
+ * Forward compatibility: ignore fields you do not know, and frames of a `type` you do not know.
+ *
+ * @example
+ * ```ts
+ * import type { ServerFrame } from "./qrlink";
+ * const ws = new WebSocket(`wss://${location.host}/ws/link/whatsapp`);
+ * ws.onmessage = (e) => {
+ *   const frame = JSON.parse(e.data) as ServerFrame;
+ *   switch (frame.type) {
+ *     case "qr": show(frame.svg!); break;
+ *     case "account": done(frame.account.id); break;
+ *     case "error": fail(frame.code, frame.retryable); break;
+ *   }
+ * };
+ * ```
+ */
+
+/** The protocol version these definitions describe. */
+export type ProtocolVersion = 1;
+
+/** A provider id, e.g. `whatsapp`, `google_messages`, `telegram` (configurable per gateway). */
+export type Provider = "whatsapp" | "google_messages" | "telegram" | (string & {});
+
+/** `ses_` and random base62 characters. Empty in an `error` sent before a session existed. */
+export type SessionId = string;
+
+/** A UTC timestamp in RFC 3339, e.g. `2026-11-28T10:00:00.123Z`. */
+export type Timestamp = string;
+
+// ------------------------------------------------------------------ /ws/link/{provider}
+
+/** Fields every server frame carries. */
+export interface FrameBase {
+  /** The gateway's session id, the same in every frame of one link attempt. */
+  session: SessionId;
+  /** 1, 2, 3 … per session, so a gap shows a missed frame. */
+  seq: number;
+}
+
+/** A QR code to show; one per QR the upstream issues, the next one replaces it. */
+export interface QrFrame extends FrameBase {
+  type: "qr";
+  /** Counts the QR codes of this attempt from 1. */
+  rotation: number;
+  /** Unipile's intent id (`acc_…`). */
+  intent_id: string;
+  /** The gateway's estimate of when this QR stops working. */
+  expires_at: Timestamp;
+  /**
+   * The QR as a standalone SVG document (`?qr=svg`, the default). Absent on `/ws/watch`
+   * unless the watcher asked `?qr=svg` and is an admin.
+   */
+  svg?: string;
+  /** The QR in Unicode half blocks, for terminals (`?qr=text`). */
+  text?: string;
+  /** The string the QR encodes (`?qr=raw`). */
+  raw?: string;
+}
+
+/** Unipile's checkpoint object, passed through; unknown fields kept. */
+export interface Checkpoint {
+  /** What the upstream asks for, e.g. `2FA`. */
+  type: string;
+  /** Where the person finds the answer, e.g. `APP`. */
+  platform?: string;
+  [field: string]: unknown;
+}
+
+/** The upstream needs an answer (e.g. Telegram's 2FA password); reply with {@link CodeMessage}. */
+export interface CheckpointFrame extends FrameBase {
+  type: "checkpoint";
+  checkpoint: Checkpoint;
+}
+
+/** Unipile's Account object, passed through; unknown fields kept. */
+export interface Account {
+  /** The Unipile account id (`acc_…`). */
+  id: string;
+  name?: string;
+  provider?: string;
+  status?: string;
+  [field: string]: unknown;
+}
+
+/** Terminal: the account is linked. The gateway then closes with 1000. */
+export interface AccountFrame extends FrameBase {
+  type: "account";
+  account: Account;
+  /** The connect token's `sub`, when the attempt had a connect token. */
+  state?: string;
+}
+
+/** Terminal: nobody scanned before the provider gave up. The gateway then closes with 1000. */
+export interface TimeoutFrame extends FrameBase {
+  type: "timeout";
+  /** How many QR codes were shown. */
+  rotations: number;
+}
+
+/** The gateway's own error codes. */
+export type GatewayErrorCode =
+  /** The path names a provider this gateway does not link (close 1008). */
+  | "request/unknown_provider"
+  /** Missing, invalid or expired connect token (close 1008). */
+  | "request/unauthorized"
+  /** Binary data (1003), malformed JSON (1007) or an oversized message (1009). */
+  | "request/invalid_message"
+  /** Too many sessions (close 1013). */
+  | "gateway/overloaded"
+  /** The gateway is stopping (close 1001). */
+  | "gateway/shutting_down"
+  /** Unipile could not be reached within the retry budget. */
+  | "gateway/upstream_unavailable"
+  /** Unipile answered something the gateway cannot read. */
+  | "gateway/upstream_invalid"
+  /** Unipile asked for a step a QR flow cannot take (e.g. an OAuth URL). */
+  | "gateway/unsupported_step"
+  /** An operator cancelled the session. */
+  | "session/cancelled";
+
+/** Unipile error types the link page names; any other upstream `type` passes through too. */
+export type UpstreamErrorCode =
+  | "api/proxy_auth_error"
+  | "api/proxy_error"
+  | "api/proxy_timeout"
+  | "api/already_exists"
+  | "api/account_restricted"
+  | "provider/invalid_checkpoint_code"
+  | (string & {});
+
+/** An error code: the upstream's `type` unchanged, or the gateway's own. */
+export type ErrorCode = GatewayErrorCode | UpstreamErrorCode;
+
+/**
+ * Terminal: the attempt failed. The gateway then closes with 1000, or with the protocol-error
+ * code the error explains (see {@link CloseCode}).
+ */
+export interface ErrorFrame extends FrameBase {
+  type: "error";
+  code: ErrorCode;
+  /** The gateway's own sentence for a person. */
+  message: string;
+  /** Whether starting the same attempt again may work. */
+  retryable: boolean;
+  /** The upstream's `detail`, passed through (not meant for end users). */
+  detail?: string;
+  /** The upstream's request id, for support requests. */
+  req_id?: string;
+}
+
+/** What the gateway sends on `/ws/link/{provider}`. */
+export type ServerFrame = QrFrame | CheckpointFrame | AccountFrame | TimeoutFrame | ErrorFrame;
+
+/** The frames that end a session: exactly one per session. */
+export type TerminalFrame = AccountFrame | TimeoutFrame | ErrorFrame;
+
+/** Stop the attempt: the gateway closes with 1000 and sends no terminal frame. */
+export interface CancelMessage {
+  type: "cancel";
+}
+
+/** Answer the latest `checkpoint` frame. */
+export interface CodeMessage {
+  type: "code";
+  /** The code or password the person typed. */
+  code: string;
+}
+
+/**
+ * What a client may send on `/ws/link/{provider}`; a plain QR flow sends nothing. The gateway
+ * ignores other `type`s; binary data, malformed JSON and messages over 4096 bytes are
+ * protocol errors.
+ */
+export type ClientMessage = CancelMessage | CodeMessage;
+
+/**
+ * WebSocket close codes the gateway uses.
+ * - 1000: after a terminal frame, or after the client's `cancel`
+ * - 1001: the gateway is shutting down (`gateway/shutting_down`)
+ * - 1003: the client sent binary data (`request/invalid_message`)
+ * - 1007: the client sent text that is not a JSON message (`request/invalid_message`)
+ * - 1008: policy: bad connect token or unknown provider
+ * - 1009: the client sent a message over 4096 bytes (`request/invalid_message`)
+ * - 1013: over capacity, try again later (`gateway/overloaded`)
+ */
+export type CloseCode = 1000 | 1001 | 1003 | 1007 | 1008 | 1009 | 1013;
+
+// ------------------------------------------------------------------ /ws/watch
+
+/** What an open session is doing. */
+export type Phase =
+  /** Start Auth Intent in flight. */
+  | "starting"
+  /** A QR is shown, waiting for the scan. */
+  | "qr"
+  /** Waiting for the client's checkpoint code. */
+  | "checkpoint"
+  /** A terminal frame was sent; the socket is closing. */
+  | "closing";
+
+/** An open session, as in `snapshot` and `GET /api/sessions` (`{"sessions": SessionInfo[]}`). */
+export interface SessionInfo {
+  id: SessionId;
+  provider: Provider;
+  phase: Phase;
+  /** QR codes shown so far (0 before the first). */
+  rotation: number;
+  started_at: Timestamp;
+  /** Milliseconds since the session started, when the snapshot was taken. */
+  age_ms: number;
+  /** The client's IP address. */
+  client: string;
+}
+
+/** The first event on every watch connection: the sessions open now, oldest first. */
+export interface SnapshotEvent {
+  type: "snapshot";
+  sessions: SessionInfo[];
+}
+
+/** A link attempt started. */
+export interface OpenedEvent {
+  type: "opened";
+  session: SessionId;
+  provider: Provider;
+  /** The client's IP address. */
+  client: string;
+  at: Timestamp;
+}
+
+/**
+ * How a session ended: linked, nobody scanned, an error frame, cancelled (client `cancel` or
+ * operator DELETE), the client went away, or the gateway stopped.
+ */
+export type Outcome = "account" | "timeout" | "error" | "cancelled" | "disconnected" | "shutdown";
+
+/** A link attempt ended, after its last frame. */
+export type ClosedEvent =
+  | {
+      type: "closed";
+      session: SessionId;
+      outcome: "error";
+      /** Milliseconds from open to close. */
+      duration_ms: number;
+      /** The `code` of the session's error frame. */
+      code: ErrorCode;
+    }
+  | {
+      type: "closed";
+      session: SessionId;
+      outcome: Exclude<Outcome, "error">;
+      /** Milliseconds from open to close. */
+      duration_ms: number;
+    };
+
+/**
+ * This watcher fell behind and `skipped` events were dropped for it (a watcher never slows a
+ * link attempt down). Re-read `GET /api/sessions`, or reconnect for a fresh snapshot.
+ */
+export interface LaggedEvent {
+  type: "lagged";
+  skipped: number;
+}
+
+/**
+ * What the gateway sends on `/ws/watch`: a snapshot first, then `opened`, each session's
+ * frames (QR content absent unless asked for and allowed), `closed`, and `lagged`.
+ */
+export type WatchEvent = SnapshotEvent | OpenedEvent | ClosedEvent | LaggedEvent | ServerFrame;
