@@ -51,6 +51,8 @@ fn content_type(path: &str) -> &'static str {
         Some("ico") => "image/x-icon",
         Some("json") => "application/json",
         Some("yaml") => "application/yaml",
+        // TypeScript definitions are for reading: shown as text, not downloaded.
+        Some("ts") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }
 }

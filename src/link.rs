@@ -173,7 +173,8 @@ fn qr_frame(
     Ok(ServerFrame::Qr(QrFrame {
         rotation,
         intent_id: intent_id.to_owned(),
-        expires_at: humantime::format_rfc3339_seconds(SystemTime::now() + req.qr_ttl).to_string(),
+        // Milliseconds: whole seconds would truncate, and the page would call a live code expired.
+        expires_at: humantime::format_rfc3339_millis(SystemTime::now() + req.qr_ttl).to_string(),
         svg: req.formats.svg.then(|| matrix.to_svg()),
         text: req.formats.text.then(|| matrix.to_text()),
         raw: req.formats.raw.then(|| qrcode.to_owned()),

@@ -21,9 +21,6 @@ use crate::gateway::AppState;
 use crate::protocol::{Envelope, ServerFrame, close};
 use crate::sessions::WatchEvent;
 
-/// A watcher whose socket takes longer than this to accept one event is dropped.
-const WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// `GET /ws/watch[?session=ID][&qr=svg]`.
 pub async fn watch(
     State(state): State<Arc<AppState>>,
@@ -62,8 +59,11 @@ async fn watch_socket(
         .into_iter()
         .filter(|s| filter.as_ref().is_none_or(|f| *f == s.id))
         .collect();
+    // A watcher whose socket takes longer than the client timeout to take one event is dropped.
+    let timeout = state.config.client_timeout;
     if send(
         &mut socket,
+        timeout,
         json!({"type": "snapshot", "sessions": sessions}),
     )
     .await
@@ -94,15 +94,15 @@ async fn watch_socket(
                 Some(Ok(_)) => continue,
             },
         };
-        if send(&mut socket, out).await.is_err() {
+        if send(&mut socket, timeout, out).await.is_err() {
             return;
         }
     }
 }
 
-async fn send(socket: &mut WebSocket, v: Value) -> Result<(), ()> {
+async fn send(socket: &mut WebSocket, timeout: Duration, v: Value) -> Result<(), ()> {
     let text = v.to_string();
-    match tokio::time::timeout(WATCH_SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+    match tokio::time::timeout(timeout, socket.send(Message::Text(text.into()))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }

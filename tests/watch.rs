@@ -145,12 +145,14 @@ async fn a_stalled_watcher_never_slows_link_attempts_and_is_told_what_it_missed(
         busy.push(gw.connect("/ws/link/google_messages").await);
     }
     // While the watcher reads nothing, a link attempt still gets its QRs promptly.
-    let started = std::time::Instant::now();
     let mut probe = gw.connect("/ws/link/whatsapp?qr=raw").await;
-    for rotation in 1..=150 {
+    for rotation in 1..=20 {
         assert_eq!(probe.qr().await.rotation, rotation);
     }
-    assert!(started.elapsed() < WAIT);
+    // Far more events than the watcher's buffer and socket hold have now been produced.
+    tokio::time::timeout(WAIT * 2, gw.sim().wait_for_polls(|p| p.len() >= 4000))
+        .await
+        .expect("the busy sessions keep rotating");
     // Now the watcher reads: somewhere in its stream it learns it skipped events.
     let mut seen = 0;
     let lagged = loop {
