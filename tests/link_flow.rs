@@ -194,3 +194,23 @@ async fn two_hundred_concurrent_attempts_each_get_their_own_qr_and_end_cleanly()
     }
     gw.wait_for_no_sessions().await;
 }
+
+#[tokio::test]
+async fn the_svg_of_each_qr_frame_scans_back_to_exactly_the_string_the_simulator_issued() {
+    let gw = TestGateway::with(sim_config(Duration::from_millis(300), 2), &[]).await;
+    for provider in ["whatsapp", "telegram", "google_messages"] {
+        let mut client = gw
+            .connect(&format!("/ws/link/{provider}?qr=svg,text"))
+            .await;
+        let first = client.qr().await;
+        let second = client.qr().await;
+        let issued = gw.sim().issued_qrs(&first.intent_id);
+        assert_eq!(issued.len(), 2, "{provider}");
+        for (frame, code) in [(&first, &issued[0]), (&second, &issued[1])] {
+            let svg = frame.svg.as_deref().expect("svg asked for");
+            assert_eq!(&common::scan::scan_svg(svg), code, "{provider} SVG");
+            let text = frame.text.as_deref().expect("text asked for");
+            assert_eq!(&common::scan::scan_text(text), code, "{provider} text");
+        }
+    }
+}

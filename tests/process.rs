@@ -7,25 +7,58 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{API_KEY, TestSimulator, WAIT, WsClient, frames_until_close, sim_config};
+use qrlink::auth::{Claims, mint, now_secs};
 use qrlink::protocol::{ServerFrame, close};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+
+const TOKEN_SECRET: &str = "process-test-token-secret";
 
 /// The binary, its address, and everything it logged so far.
 struct Running {
     child: Child,
     addr: String,
     logs: Arc<Mutex<String>>,
+    /// Counts log lines, so a test can wait for the next one.
+    lines: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Running {
+    /// Waits for a line to arrive that satisfies `pred` on the whole log, and returns the log.
+    async fn wait_for_log(&self, pred: impl Fn(&str) -> bool) -> String {
+        let mut lines = self.lines.clone();
+        loop {
+            let logs = self.logs.lock().unwrap().clone();
+            if pred(&logs) {
+                return logs;
+            }
+            tokio::time::timeout(WAIT, lines.changed())
+                .await
+                .unwrap_or_else(|_| panic!("the expected log line never came:\n{logs}"))
+                .expect("the log readers are alive");
+        }
+    }
 }
 
 async fn start_binary(upstream: &str, rust_log: &str) -> Running {
+    start_binary_with(upstream, rust_log, &[], &[]).await
+}
+
+async fn start_binary_with(
+    upstream: &str,
+    rust_log: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qrlink"))
+        .args(args)
+        .env_remove("QRLINK_LOG_FORMAT")
+        .envs(envs.iter().copied())
         .args(["--listen", "127.0.0.1:0", "--unipile-api-url", upstream])
         .args(["--unipile-api-key", API_KEY, "--shutdown-grace", "5s"])
         .args(["--max-sessions-per-ip", "1000"])
         .env("RUST_LOG", rust_log)
-        .env_remove("QRLINK_LOG_FORMAT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -33,6 +66,8 @@ async fn start_binary(upstream: &str, rust_log: &str) -> Running {
         .spawn()
         .expect("the qrlink binary starts");
     let logs = Arc::new(Mutex::new(String::new()));
+    let (line_count, lines) = tokio::sync::watch::channel(0usize);
+    let line_count = Arc::new(line_count);
     let (addr_tx, addr_rx) = oneshot::channel();
     let mut addr_tx = Some(addr_tx);
     for stream in [
@@ -40,6 +75,7 @@ async fn start_binary(upstream: &str, rust_log: &str) -> Running {
         Box::new(child.stdout.take().unwrap()),
     ] {
         let logs = logs.clone();
+        let line_count = line_count.clone();
         let mut addr_tx = addr_tx.take();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
@@ -50,9 +86,12 @@ async fn start_binary(upstream: &str, rust_log: &str) -> Running {
                         let _ = tx.send(addr.to_owned());
                     }
                 }
-                let mut l = logs.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
+                {
+                    let mut l = logs.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                line_count.send_modify(|n| *n += 1);
             }
         });
     }
@@ -60,7 +99,12 @@ async fn start_binary(upstream: &str, rust_log: &str) -> Running {
         .await
         .expect("the binary says where it listens")
         .expect("the binary printed its address");
-    Running { child, addr, logs }
+    Running {
+        child,
+        addr,
+        logs,
+        lines,
+    }
 }
 
 fn sigterm(child: &Child) {
@@ -105,13 +149,24 @@ async fn sigterm_during_open_sessions_gives_each_shutting_down_and_the_process_e
 }
 
 #[tokio::test]
-async fn neither_the_api_key_nor_any_qr_string_appears_in_trace_logs() {
+async fn neither_the_api_key_nor_tokens_nor_any_qr_string_appear_in_trace_logs() {
     let sim = TestSimulator::start(sim_config(Duration::from_millis(200), 3)).await;
-    let bin = start_binary(&sim.url(), "trace").await;
+    let bin = start_binary_with(&sim.url(), "trace", &["--token-secret", TOKEN_SECRET], &[]).await;
+    let token = mint(
+        TOKEN_SECRET,
+        &Claims {
+            sub: "user-7".into(),
+            exp: now_secs() + 300,
+            iat: Some(now_secs()),
+            provider: None,
+            account_id: None,
+            proxy: None,
+        },
+    );
 
     // A scanned flow with every rendering, a timed-out flow, and an upstream error.
     let mut c = WsClient::connect(&format!(
-        "ws://{}/ws/link/whatsapp?qr=svg,text,raw",
+        "ws://{}/ws/link/whatsapp?qr=svg,text,raw&token={token}",
         bin.addr
     ))
     .await;
@@ -123,7 +178,11 @@ async fn neither_the_api_key_nor_any_qr_string_appears_in_trace_logs() {
         ServerFrame::Account { .. }
     ));
 
-    let mut c = WsClient::connect(&format!("ws://{}/ws/link/telegram?qr=raw", bin.addr)).await;
+    let mut c = WsClient::connect(&format!(
+        "ws://{}/ws/link/telegram?qr=raw&token={token}",
+        bin.addr
+    ))
+    .await;
     let (frames, _) = frames_until_close(&mut c).await;
     assert!(matches!(
         frames.last().unwrap().frame,
@@ -138,16 +197,30 @@ async fn neither_the_api_key_nor_any_qr_string_appears_in_trace_logs() {
             detail: Some("acc_secret_existing_account".into()),
         },
     );
-    let mut c = WsClient::connect(&format!("ws://{}/ws/link/whatsapp", bin.addr)).await;
+    let mut c =
+        WsClient::connect(&format!("ws://{}/ws/link/whatsapp?token={token}", bin.addr)).await;
     let err = c.error().await;
     assert_eq!(err.code, "api/already_exists");
 
-    let logs = bin.logs.lock().unwrap().clone();
+    let logs = bin
+        .wait_for_log(|l| {
+            l.contains("session ended by the gateway")
+                || l.matches("link attempt opened").count() >= 3
+        })
+        .await;
     assert!(
         logs.contains("link attempt opened"),
         "logs were captured:\n{logs}"
     );
     assert!(!logs.contains(API_KEY), "the API key leaked into the logs");
+    assert!(
+        !logs.contains(&token),
+        "the connect token leaked into the logs"
+    );
+    assert!(
+        !logs.contains(TOKEN_SECRET),
+        "the token secret leaked into the logs"
+    );
     assert!(
         !logs.contains("acc_secret_existing_account"),
         "upstream detail leaked into the logs"
@@ -165,5 +238,66 @@ async fn neither_the_api_key_nor_any_qr_string_appears_in_trace_logs() {
     assert!(
         checked >= 4,
         "expected several QR strings to check, got {checked}"
+    );
+}
+
+#[tokio::test]
+async fn qrlink_token_mints_a_token_the_gateway_accepts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qrlink"))
+        .args(["token", "--secret", TOKEN_SECRET, "--sub", "user-9"])
+        .args(["--provider", "whatsapp", "--ttl", "2m"])
+        .output()
+        .expect("qrlink token runs");
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let claims = qrlink::auth::verify(
+        TOKEN_SECRET,
+        Duration::from_secs(600),
+        Some(&token),
+        "whatsapp",
+    )
+    .expect("the minted token verifies");
+    assert_eq!(claims.sub, "user-9");
+    assert!(claims.exp <= now_secs() + 120);
+
+    let sim = TestSimulator::start(sim_config(Duration::from_secs(30), 2)).await;
+    let bin = start_binary_with(&sim.url(), "info", &["--token-secret", TOKEN_SECRET], &[]).await;
+    let mut c =
+        WsClient::connect(&format!("ws://{}/ws/link/whatsapp?token={token}", bin.addr)).await;
+    let qr = c.qr().await;
+    sim.sim.scan(&qr.intent_id).unwrap();
+    match c.frame().await.frame {
+        ServerFrame::Account { state, .. } => assert_eq!(state.as_deref(), Some("user-9")),
+        other => panic!("expected an account frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_session_span() {
+    let sim = TestSimulator::start(sim_config(Duration::from_secs(30), 2)).await;
+    let bin = start_binary_with(&sim.url(), "info", &[], &[("QRLINK_LOG_FORMAT", "json")]).await;
+    let mut c = WsClient::connect(&format!("ws://{}/ws/link/telegram", bin.addr)).await;
+    c.qr().await;
+    drop(c);
+    // The disconnect is logged by the session's task; wait for that line to arrive.
+    let logs = bin
+        .wait_for_log(|l| l.contains("client disconnected"))
+        .await;
+    let mut session_lines = 0;
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["span"]["name"] == "session" {
+            session_lines += 1;
+            assert!(
+                v["span"]["id"].as_str().unwrap().starts_with("ses_"),
+                "{line}"
+            );
+            assert_eq!(v["span"]["provider"], "telegram", "{line}");
+        }
+    }
+    assert!(
+        session_lines >= 2,
+        "opened and disconnected inside the span:\n{logs}"
     );
 }
