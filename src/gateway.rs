@@ -89,15 +89,8 @@ impl Gateway {
             Some(key) => (config.unipile_api_url.clone(), key.clone(), None),
             None => {
                 let key = demo_api_key();
-                let mut sim = SimulatorConfig::demo_defaults(key.clone());
-                for p in &mut sim.providers {
-                    p.qr_ttl = if p.name == "telegram" {
-                        config.demo_qr_ttl / 2
-                    } else {
-                        config.demo_qr_ttl
-                    };
-                    p.qr_count = config.demo_qr_count;
-                }
+                let mut sim = SimulatorConfig::demo_defaults(key.clone())
+                    .with_timings(config.demo_qr_ttl, config.demo_qr_count);
                 sim.scan_base_url = Some(format!(
                     "{}{SIMULATOR_MOUNT}",
                     public_url.trim_end_matches('/')

@@ -63,15 +63,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let mut config = SimulatorConfig::demo_defaults(args.api_key);
-    for p in &mut config.providers {
-        p.qr_ttl = if p.name == "telegram" {
-            args.qr_ttl / 2
-        } else {
-            args.qr_ttl
-        };
-        p.qr_count = args.qr_count;
-    }
+    let config =
+        SimulatorConfig::demo_defaults(args.api_key).with_timings(args.qr_ttl, args.qr_count);
     tracing::info!(%addr, "Unipile simulator listening; point UNIPILE_API_URL at http://{addr}");
     Simulator::new(config)
         .serve(listener, shutdown_signal())

@@ -14,32 +14,14 @@ async fn a_client_that_hangs_up_mid_poll_makes_the_simulator_record_the_hang_up_
     let mut client = gw.connect("/ws/link/whatsapp").await;
     let qr = client.qr().await;
     let intent = qr.intent_id.clone();
-    tokio::time::timeout(
-        WAIT,
-        gw.sim().wait_for_polls(|polls| {
-            polls
-                .iter()
-                .any(|p| p.intent_id == intent && matches!(p.outcome, PollOutcome::Pending))
-        }),
-    )
-    .await
-    .expect("the long poll starts");
+    gw.wait_for_poll(&intent, PollOutcome::Pending).await;
     assert_eq!(gw.state.sessions.len(), 1);
 
     // Hang up without a close handshake, as a closed tab on a dropped network would.
     let hung_up_at = Instant::now();
     drop(client);
 
-    tokio::time::timeout(
-        WAIT,
-        gw.sim().wait_for_polls(|polls| {
-            polls
-                .iter()
-                .any(|p| p.intent_id == intent && matches!(p.outcome, PollOutcome::HungUp))
-        }),
-    )
-    .await
-    .expect("the simulator sees the poll abandoned");
+    gw.wait_for_poll(&intent, PollOutcome::HungUp).await;
     let poll = gw
         .sim()
         .polls()

@@ -80,15 +80,7 @@ async fn cancel_stops_the_attempt_and_closes_1000() {
         other => panic!("expected a close after cancel, got {other:?}"),
     }
     let intent = qr.intent_id.clone();
-    tokio::time::timeout(
-        common::WAIT,
-        gw.sim().wait_for_polls(|polls| {
-            polls.iter().any(|p| {
-                p.intent_id == intent && matches!(p.outcome, qrlink::simulator::PollOutcome::HungUp)
-            })
-        }),
-    )
-    .await
-    .expect("the in-flight poll is abandoned after cancel");
+    gw.wait_for_poll(&intent, qrlink::simulator::PollOutcome::HungUp)
+        .await;
     gw.wait_for_no_sessions().await;
 }

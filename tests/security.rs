@@ -313,16 +313,7 @@ async fn a_client_that_stops_answering_pings_is_dropped_and_its_upstream_work_ca
     let mut c = gw.connect("/ws/link/whatsapp").await;
     let qr = c.qr().await;
     let intent = qr.intent_id.clone();
-    tokio::time::timeout(
-        WAIT,
-        gw.sim().wait_for_polls(|polls| {
-            polls
-                .iter()
-                .any(|p| p.intent_id == intent && p.outcome == PollOutcome::HungUp)
-        }),
-    )
-    .await
-    .expect("the silent client's upstream poll is abandoned");
+    gw.wait_for_poll(&intent, PollOutcome::HungUp).await;
     gw.wait_for_no_sessions().await;
     drop(c);
 }

@@ -95,6 +95,20 @@ impl SimulatorConfig {
             scan_base_url: None,
         }
     }
+
+    /// Sets every provider's QR lifetime and count; Telegram's login tokens live half as long,
+    /// as they do for real (UNIPILE.md, "Timings").
+    pub fn with_timings(mut self, qr_ttl: Duration, qr_count: u32) -> Self {
+        for p in &mut self.providers {
+            p.qr_ttl = if p.name == "telegram" {
+                qr_ttl / 2
+            } else {
+                qr_ttl
+            };
+            p.qr_count = qr_count;
+        }
+        self
+    }
 }
 
 /// One simulated provider.

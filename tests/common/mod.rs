@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use qrlink::gateway::AppState;
 use qrlink::protocol::{Envelope, ErrorFrame, QrFrame, ServerFrame};
-use qrlink::simulator::{ProviderSim, Simulator, SimulatorConfig};
+use qrlink::simulator::{PollOutcome, ProviderSim, Simulator, SimulatorConfig};
 use qrlink::{Config, Gateway};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -155,6 +155,20 @@ impl TestGateway {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Waits until the simulator has a poll of `intent` in the given outcome.
+    pub async fn wait_for_poll(&self, intent: &str, outcome: PollOutcome) {
+        tokio::time::timeout(
+            WAIT,
+            self.sim().wait_for_polls(|polls| {
+                polls
+                    .iter()
+                    .any(|p| p.intent_id == intent && p.outcome == outcome)
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("expected a poll of {intent} in state {outcome:?}"));
     }
 
     /// Waits until no session is registered (each socket task's guard removes its own).
