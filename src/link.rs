@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::protocol::{ErrorFrame, QrFrame, ServerFrame, codes, message_for, upstream_retryable};
+use crate::protocol::{
+    CheckpointError, ErrorFrame, MAX_CHECKPOINT_ATTEMPTS, QrFrame, ServerFrame, codes, message_for,
+    upstream_retryable,
+};
 use crate::qr;
 use crate::upstream::{self, AuthResponse, IntentRequest, UnipileClient};
 
@@ -101,10 +104,14 @@ pub async fn run(
         ..IntentRequest::default()
     };
     let mut rotation = 0u32;
+    // The checkpoint the last code answered, and how many answers it has had.
+    let mut asked: Option<(String, Value)> = None;
+    let mut answers = 0u32;
     let mut answer = upstream.start_intent(&intent).await;
     loop {
         let next = match answer {
             Ok(AuthResponse::QrCode { qrcode, intent_id }) => {
+                asked = None;
                 rotation += 1;
                 let frame = match qr_frame(req, rotation, &qrcode, &intent_id) {
                     Ok(f) => f,
@@ -125,19 +132,32 @@ pub async fn run(
                 intent_id,
                 checkpoint,
             }) => {
-                // Codes typed before this checkpoint was shown answer nothing.
-                while codes.try_recv().is_ok() {}
-                if frames
-                    .send(ServerFrame::Checkpoint { checkpoint })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let Some(code) = codes.recv().await else {
+                answers = 0;
+                let Some(code) = ask(&frames, &mut codes, &checkpoint, None).await else {
                     return;
                 };
-                upstream.solve_checkpoint(&intent_id, &code).await
+                answers += 1;
+                let solved = upstream.solve_checkpoint(&intent_id, &code).await;
+                asked = Some((intent_id, checkpoint));
+                solved
+            }
+            Err(upstream::Error::Api(api))
+                if api.kind == codes::INVALID_CHECKPOINT_CODE
+                    && answers < MAX_CHECKPOINT_ATTEMPTS
+                    && asked.is_some() =>
+            {
+                let (intent_id, checkpoint) = asked.take().expect("checked above");
+                let retry = CheckpointError {
+                    message: message_for(&api.kind).to_owned(),
+                    code: api.kind,
+                };
+                let Some(code) = ask(&frames, &mut codes, &checkpoint, Some(retry)).await else {
+                    return;
+                };
+                answers += 1;
+                let solved = upstream.solve_checkpoint(&intent_id, &code).await;
+                asked = Some((intent_id, checkpoint));
+                solved
             }
             Ok(AuthResponse::Account(account)) => {
                 let _ = frames
@@ -161,6 +181,24 @@ pub async fn run(
         };
         answer = next;
     }
+}
+
+/// Shows a checkpoint (again, with why, after a wrong answer) and waits for the client's code.
+/// None when the client is gone.
+async fn ask(
+    frames: &mpsc::Sender<ServerFrame>,
+    codes: &mut mpsc::Receiver<String>,
+    checkpoint: &Value,
+    error: Option<CheckpointError>,
+) -> Option<String> {
+    // Codes typed before this checkpoint was shown answer nothing.
+    while codes.try_recv().is_ok() {}
+    let frame = ServerFrame::Checkpoint {
+        checkpoint: checkpoint.clone(),
+        error,
+    };
+    frames.send(frame).await.ok()?;
+    codes.recv().await
 }
 
 fn qr_frame(

@@ -37,6 +37,10 @@ pub enum ServerFrame {
     Checkpoint {
         /// Unipile's checkpoint object passed through (`{"type":"2FA","platform":"APP"}`).
         checkpoint: Value,
+        /// Set when the previous answer was wrong: the same checkpoint asks again (up to
+        /// [`MAX_CHECKPOINT_ATTEMPTS`] answers), so a typo does not cost a new scan.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<CheckpointError>,
     },
     /// Terminal: the account is linked. The upstream Account object, unknown fields kept.
     Account {
@@ -64,6 +68,19 @@ impl ServerFrame {
         )
     }
 }
+
+/// Why a checkpoint is asked again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointError {
+    /// The upstream code, `provider/invalid_checkpoint_code`.
+    pub code: String,
+    /// The gateway's sentence for a person.
+    pub message: String,
+}
+
+/// Answers a client may give one checkpoint; after that many wrong ones the attempt ends with
+/// the upstream's error.
+pub const MAX_CHECKPOINT_ATTEMPTS: u32 = 3;
 
 /// The `qr` frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +172,8 @@ pub mod codes {
     pub const UNSUPPORTED_STEP: &str = "gateway/unsupported_step";
     /// An operator cancelled the session.
     pub const CANCELLED: &str = "session/cancelled";
+    /// Unipile's code for a wrong checkpoint answer; the checkpoint is asked again.
+    pub const INVALID_CHECKPOINT_CODE: &str = "provider/invalid_checkpoint_code";
     /// Unipile's own code for "nobody scanned in time"; becomes a `timeout` frame.
     pub const PROVIDER_TIMEOUT: &str = "provider/timeout";
 }

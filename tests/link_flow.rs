@@ -104,7 +104,7 @@ async fn telegram_2fa_checkpoint_then_the_right_code_gives_the_account() {
     let qr = client.qr().await;
     gw.sim().scan(&qr.intent_id).unwrap();
     match client.frame().await.frame {
-        ServerFrame::Checkpoint { checkpoint } => assert_eq!(checkpoint["type"], "2FA"),
+        ServerFrame::Checkpoint { checkpoint, .. } => assert_eq!(checkpoint["type"], "2FA"),
         other => panic!("expected a checkpoint frame, got {other:?}"),
     }
     client.send_json(json!({"type":"code","code":TWOFA})).await;
@@ -116,18 +116,52 @@ async fn telegram_2fa_checkpoint_then_the_right_code_gives_the_account() {
 }
 
 #[tokio::test]
-async fn a_wrong_2fa_code_gives_its_error() {
+async fn a_wrong_2fa_code_asks_again_with_its_error_and_the_right_one_then_links() {
     let gw = TestGateway::with(sim_config(Duration::from_secs(5), 2), &[]).await;
     let mut client = gw.connect("/ws/link/telegram").await;
     let qr = client.qr().await;
     gw.sim().scan(&qr.intent_id).unwrap();
     assert!(matches!(
         client.frame().await.frame,
-        ServerFrame::Checkpoint { .. }
+        ServerFrame::Checkpoint { error: None, .. }
     ));
     client
         .send_json(json!({"type":"code","code":"wrong guess"}))
         .await;
+    match client.frame().await.frame {
+        ServerFrame::Checkpoint {
+            checkpoint,
+            error: Some(error),
+        } => {
+            assert_eq!(checkpoint["type"], "2FA");
+            assert_eq!(error.code, "provider/invalid_checkpoint_code");
+            assert_eq!(error.message, qrlink::protocol::message_for(&error.code));
+        }
+        other => panic!("expected the checkpoint again, got {other:?}"),
+    }
+    client.send_json(json!({"type":"code","code":TWOFA})).await;
+    assert!(matches!(
+        client.frame().await.frame,
+        ServerFrame::Account { .. }
+    ));
+    assert_eq!(client.closed().await, close::NORMAL);
+}
+
+#[tokio::test]
+async fn three_wrong_2fa_codes_end_the_attempt_with_the_error() {
+    let gw = TestGateway::with(sim_config(Duration::from_secs(5), 2), &[]).await;
+    let mut client = gw.connect("/ws/link/telegram").await;
+    let qr = client.qr().await;
+    gw.sim().scan(&qr.intent_id).unwrap();
+    for attempt in 0..qrlink::protocol::MAX_CHECKPOINT_ATTEMPTS {
+        match client.frame().await.frame {
+            ServerFrame::Checkpoint { error, .. } => assert_eq!(error.is_some(), attempt > 0),
+            other => panic!("expected a checkpoint, got {other:?}"),
+        }
+        client
+            .send_json(json!({"type":"code","code":format!("guess {attempt}")}))
+            .await;
+    }
     let err = client.error().await;
     assert_eq!(err.code, "provider/invalid_checkpoint_code");
     assert!(err.retryable);

@@ -277,7 +277,9 @@ async fn unreadable_upstream_flow(gw: &TestGateway, s: &Schemas) -> Seen {
     seen
 }
 
-async fn twofa_flow(gw: &TestGateway, s: &Schemas, password: &str) -> Seen {
+/// Answers the 2FA checkpoint with each password in turn; all but the last must be wrong, and
+/// each wrong one brings the checkpoint back with its error.
+async fn twofa_flow(gw: &TestGateway, s: &Schemas, passwords: &[&str]) -> Seen {
     let mut client = gw.connect("/ws/link/telegram?qr=text").await;
     let qr = next_frame(s, &mut client).await;
     expect_type(&qr, "qr");
@@ -299,7 +301,17 @@ async fn twofa_flow(gw: &TestGateway, s: &Schemas, password: &str) -> Seen {
         "2FA"
     );
     frames.push(checkpoint);
-    send_client(s, &mut client, json!({"type": "code", "code": password})).await;
+    for (i, password) in passwords.iter().enumerate() {
+        send_client(s, &mut client, json!({"type": "code", "code": password})).await;
+        if i + 1 < passwords.len() {
+            let again = next_frame(s, &mut client).await;
+            assert_eq!(
+                expect_type(&again, "checkpoint")["error"]["code"],
+                "provider/invalid_checkpoint_code"
+            );
+            frames.push(again);
+        }
+    }
     rest_of(s, &mut client, frames).await
 }
 
@@ -380,14 +392,17 @@ async fn every_frame_of_error_flows_matches_the_server_frame_schema() {
 async fn every_frame_of_a_telegram_2fa_flow_and_its_code_message_match_the_schemas() {
     let gw = TestGateway::start().await;
     let s = Schemas::load();
-    let right = twofa_flow(&gw, &s, TWOFA).await;
+    let right = twofa_flow(&gw, &s, &[TWOFA]).await;
     assert_eq!(
         expect_type(right.last(), "account")["account"]["provider"],
         "telegram"
     );
     assert_eq!(right.close, 1000);
 
-    let wrong = twofa_flow(&gw, &s, "wrong horse").await;
+    let typo = twofa_flow(&gw, &s, &["wrong horse", TWOFA]).await;
+    expect_type(typo.last(), "account");
+
+    let wrong = twofa_flow(&gw, &s, &["wrong horse", "still wrong", "nope"]).await;
     assert_eq!(
         expect_type(wrong.last(), "error")["code"],
         "provider/invalid_checkpoint_code"
@@ -446,6 +461,10 @@ fn every_frame_the_gateway_types_can_build_matches_the_schemas() {
         }),
         ServerFrame::Checkpoint {
             checkpoint: json!({"type": "2FA", "platform": "APP", "hint": "h"}),
+            error: Some(qrlink::protocol::CheckpointError {
+                code: "provider/invalid_checkpoint_code".into(),
+                message: "That code is not correct.".into(),
+            }),
         },
         ServerFrame::Account {
             account,
@@ -719,7 +738,7 @@ async fn every_watch_event_of_real_flows_matches_the_watch_event_schema() {
     assert_watched(&events, &seen, "whatsapp", "error");
     assert_eq!(events.last().unwrap()["code"], "api/proxy_error");
 
-    let seen = twofa_flow(&gw, &s, TWOFA).await;
+    let seen = twofa_flow(&gw, &s, &[TWOFA]).await;
     let events = watch_until_closed(&s, &mut watcher, seen.session()).await;
     assert_watched(&events, &seen, "telegram", "account");
 

@@ -400,7 +400,19 @@
     const demo = config.demo && config.demo_twofa_password;
     ui.twofaDemo.hidden = !demo;
     ui.twofaDemo.textContent = demo ? 'Demo mode: the simulator’s password is “' + config.demo_twofa_password + '”.' : '';
-    setStatus('Scanned. ' + p.name + ' needs one more step.');
+    // The same checkpoint again with an `error`: the last answer was wrong. Say so in the form
+    // and let the person try again; the gateway ends the attempt after too many wrong answers.
+    const retry = frame.error && typeof frame.error === 'object';
+    if (retry) {
+      ui.twofaInvalid.textContent = (type === '2FA' ? 'That password is not correct.' : 'That code is not correct.') +
+        ' Check it and try again.';
+      ui.twofaInvalid.hidden = false;
+      input.setAttribute('aria-invalid', 'true');
+      input.setAttribute('aria-describedby', 'twofa-invalid twofa-help');
+      setStatus(ui.twofaInvalid.textContent);
+    } else {
+      setStatus('Scanned. ' + p.name + ' needs one more step.');
+    }
     render('checkpoint', input);
   }
 

@@ -77,6 +77,11 @@ export interface Checkpoint {
 export interface CheckpointFrame extends FrameBase {
   type: "checkpoint";
   checkpoint: Checkpoint;
+  /**
+   * Present when the previous answer was wrong: the same checkpoint is asked again (up to 3
+   * answers in all; after the third wrong one the session ends with an `error` frame).
+   */
+  error?: { code: "provider/invalid_checkpoint_code"; message: string };
 }
 
 /** Unipile's Account object, passed through; unknown fields kept. */
