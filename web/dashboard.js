@@ -2,7 +2,7 @@
 //
 // One WebSocket to /ws/watch. Its `snapshot` fills the sessions table; `opened`, the sessions'
 // own frames and `closed` keep it current; `closed` outcomes feed the counters (since this page
-// was opened); every event goes to the log. On `lagged` the table is re-read from
+// first connected); every event goes to the log. On `lagged` the table is re-read from
 // GET /api/sessions. The socket reconnects with capped, jittered backoff.
 //
 // Ages are measured with this browser's clock from when the page learned of the session
@@ -80,12 +80,25 @@
 
   // ------------------------------------------------------------------ connection
 
-  function setStatus(state, text) {
+  /** Says what the table shows while not live (sessions are unknown then, not "none"). */
+  const OFFLINE_NOTES = {
+    connecting: "Connecting to the gateway…",
+    waiting: "Not connected to the gateway. Open sessions show again once it is back.",
+    unauthorized: "Open sessions show here once the gateway accepts this page.",
+  };
+
+  function setStatus(state, text, note) {
     statusEl.textContent = text;
     statusEl.dataset.state = state;
     dot.dataset.state = state;
     table.dataset.live = String(state === "live");
     $("reconnect-now").hidden = state !== "waiting";
+    $("sessions-offline").textContent = note || OFFLINE_NOTES[state] || "";
+    updateActive();
+  }
+
+  function isLive() {
+    return statusEl.dataset.state === "live";
   }
 
   function watchUrl() {
@@ -125,15 +138,29 @@
         probeAuth().then((status) => {
           if (ws || retryTimer) return; // a new connection started meanwhile
           if (status === 401) {
-            setStatus("unauthorized", "admin token needed");
+            setStatus(
+              "unauthorized",
+              "admin token needed",
+              "Open sessions show here once the gateway accepts the admin token.",
+            );
+            const refused = Boolean(token());
+            addLog(
+              "warn",
+              null,
+              refused ? "the gateway refused the admin token" : "the gateway asks for its admin token",
+            );
             askForToken(
-              token()
+              refused
                 ? "The gateway refused this admin token. Enter the right one."
                 : "This gateway needs its admin token to show sessions.",
             );
           } else if (status === 403) {
             // No admin token configured: the gateway serves its views to loopback clients only.
-            setStatus("unauthorized", "not allowed from this address");
+            setStatus(
+              "unauthorized",
+              "not allowed from this address",
+              "This gateway shows its sessions to loopback clients only.",
+            );
             addLog(
               "warn",
               null,
@@ -234,7 +261,12 @@
         break;
       case "error":
         update(ev.session, { phase: "closing" });
-        addLog("error", ev.session, `error ${ev.code}: ${ev.message}`);
+        if (ev.code === "session/cancelled") {
+          // An operator's cancel, not a failure: logged (and counted) as cancelled.
+          addLog("cancelled", ev.session, `cancelled by an operator (${ev.code})`);
+        } else {
+          addLog("error", ev.session, `error ${ev.code}: ${ev.message}`);
+        }
         break;
       case "closed":
         closeSession(ev);
@@ -270,8 +302,10 @@
     phase.dataset.value = outcome;
     if (ev.code) phase.title = ev.code;
     row.querySelector("td.age").textContent = duration(ev.duration_ms);
+    // Nothing left to cancel (also ends a "Cancelling…" that brought this close).
     const button = row.querySelector("button.cancel");
     button.disabled = true;
+    button.textContent = "Cancel";
     setTimeout(() => {
       if (sessions.get(ev.session) === s) removeSession(ev.session);
     }, CLOSED_ROW_MS);
@@ -365,11 +399,15 @@
     updateActive();
   }
 
+  /** The open count and the table's empty notes. Not live, the gateway's sessions are unknown:
+   *  no count, and no "nothing is open" claim. */
   function updateActive() {
     let open = 0;
     for (const s of sessions.values()) if (!s.closed) open += 1;
-    $("counter-active").textContent = String(open);
-    $("sessions-empty").hidden = sessions.size > 0;
+    const live = isLive();
+    $("counter-active").textContent = live ? String(open) : "–";
+    $("sessions-empty").hidden = !live || sessions.size > 0;
+    $("sessions-offline").hidden = live || sessions.size > 0;
   }
 
   async function cancel(id, button) {
@@ -414,8 +452,8 @@
 
   // ------------------------------------------------------------------ log
 
-  /** `kind` styles the entry: opened, qr, checkpoint, account, timeout, error, closed (with its
-   *  `outcome`), info, warn. */
+  /** `kind` styles the entry: opened, qr, checkpoint, account, timeout, error, cancelled, closed
+   *  (with its `outcome`), info, warn. */
   function addLog(kind, session, text, outcome) {
     const li = document.createElement("li");
     li.className = "log-entry";
