@@ -6,10 +6,12 @@
 #   benches/run-figures.sh                 # every scenario
 #   benches/run-figures.sh rate hold9k     # some of them
 #
-# Scenarios: rate, hold1k, hold9k, express1k, express9k. Environment: RUNS (3), RATE (3000),
+# Scenarios: rate, hold1k, hold9k, express1k, express9k; for comparing settings: hold3k (memory),
+# cpu (800 sessions/s for 10 s, no hold). Environment: RUNS (3), RATE (3000, the rate scenario),
+# HOLD_RATE (500, the hold and express scenarios),
 # BIN (target/release), OUT (a new folder under /tmp/qrlink-bench), GW_ENV (extra environment
 # for the gateway, e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"), GW_ARGS
-# (extra gateway flags). Loopback only; needs `ulimit -n 20000` to be allowed (it raises it).
+# (extra gateway flags), LOAD_ARGS (extra qrlink-load flags, e.g. "--settle 12s"). Loopback only; needs `ulimit -n 20000` to be allowed (it raises it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 20000
@@ -70,7 +72,9 @@ load() { # name run args...
   local name=$1 run=$2
   shift 2
   echo "== $name run $run" | tee -a "$OUT/tables.txt"
-  "$BIN/qrlink-load" --label "$name#$run" --json "$OUT/$name-$run.json" "$@" | tee -a "$OUT/tables.txt"
+  # shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
+  "$BIN/qrlink-load" --label "$name#$run" --json "$OUT/$name-$run.json" "$@" ${LOAD_ARGS:-} \
+    | tee -a "$OUT/tables.txt"
 }
 
 scenario() {
@@ -80,14 +84,24 @@ scenario() {
     case $name in
       rate)
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $((RATE * 30)) --rate "$RATE" \
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $((RATE * 30)) --rate "$RATE" --warmup 500 \
           --concurrency 2000 --hold-ms 0 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
           --duration-limit 90s ;;
+      cpu)
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 8000 --rate 800 --warmup 400 \
+          --concurrency 2000 --hold-ms 0 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
+          --duration-limit 60s ;;
+      hold3k)
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 3000 --rate 500 --warmup 200 \
+          --concurrency 20000 --hold-ms 10000 --source-ips $SRC --gateway-pid "$GW" \
+          --sim-pid "$SIM" --duration-limit 60s ;;
       hold1k | hold9k)
         local n=1000 hold=15000 scan=8000 hang=6000
         [ "$name" = hold9k ] && n=9000 hold=40000 scan=20000 hang=19000
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $n --rate 500 --concurrency 20000 \
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $n --rate "${HOLD_RATE:-500}" --warmup 200 --concurrency 20000 \
           --hold-ms $hold --scan-after-ms $scan --scan-sample 100 --hangup-sample 100 \
           --hangup-after-ms $hang --sim-url $SIM_URL --source-ips $SRC --gateway-pid "$GW" \
           --sim-pid "$SIM" --duration-limit 120s ;;
@@ -95,7 +109,7 @@ scenario() {
         local n=1000 hold=15000 scan=8000 hang=6000
         [ "$name" = express9k ] && n=9000 hold=40000 scan=20000 hang=19000
         start_express
-        load "$name" "$i" --mode express --url http://127.0.0.1:3200 --sessions $n --rate 500 \
+        load "$name" "$i" --mode express --url http://127.0.0.1:3200 --sessions $n --rate "${HOLD_RATE:-500}" --warmup 200 \
           --concurrency 20000 --hold-ms $hold --scan-after-ms $scan --scan-sample 100 \
           --hangup-sample 100 --hangup-after-ms $hang --sim-url $SIM_URL --source-ips $SRC \
           --gateway-pid "$GW" --sim-pid "$SIM" --duration-limit 120s ;;

@@ -84,6 +84,25 @@ impl SimControl {
     }
 }
 
+impl SimControl {
+    /// Waits (bounded by `limit`) until the intent has a pending long poll, so a hang-up
+    /// measured after it really happens mid-poll. False when none showed up in time.
+    pub async fn wait_for_pending_poll(&self, intent_id: &str, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(polls) = self.polls(intent_id).await
+                && polls.iter().any(|p| p.outcome.kind == "pending")
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// A reqwest error as one short kind, for the error table.
 pub fn short_error(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {

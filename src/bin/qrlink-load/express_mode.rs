@@ -114,6 +114,17 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                     match role {
                         Role::Hold => return r.ended(End::HungUp),
                         Role::HangUp => {
+                            if let Some(sim) = &ctx.sim {
+                                // Keep driving the request while waiting: the peer only
+                                // starts its upstream poll once ours has been sent.
+                                let pending = tokio::select! {
+                                    ok = sim.wait_for_pending_poll(&intent_id, ctx.step_timeout) => ok,
+                                    _ = &mut poll => false,
+                                };
+                                if !pending {
+                                    return r.fail("no_pending_poll_to_hang_up");
+                                }
+                            }
                             r.hung_up_at_us = Some(unix_now_us());
                             // Returning drops `poll`: its connection to the peer closes.
                             return r.ended(End::HungUp);

@@ -101,6 +101,10 @@ struct Args {
     /// The simulator's pid: sample it too (to see it is not the bottleneck).
     #[arg(long)]
     sim_pid: Option<u32>,
+    /// Sessions to run (same rate, no hold) before measuring, so one-time costs of the target
+    /// (connection pools, thread stacks, a JIT) stay out of the per-session figures.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
     /// How long after every session had its first QR the plateau reading is taken.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     plateau_delay: Duration,
@@ -286,6 +290,34 @@ async fn run(args: Args) -> Result<(), String> {
             );
         }
     }
+    if args.warmup > 0 {
+        // Same rate, no holds, nothing kept: one-time allocations (pools, thread stacks, a
+        // JIT) happen here, so the readings below see the cost of sessions only.
+        let warm = Arc::new(Ctx {
+            hold: Duration::ZERO,
+            ..build_ctx(&args)?
+        });
+        let now = Instant::now();
+        let run = pace(
+            &args,
+            &warm,
+            args.warmup,
+            (now, now + args.duration_limit),
+            &|_| Role::Hold,
+            &AtomicU64::new(0),
+        )
+        .await;
+        let failed = run
+            .results
+            .iter()
+            .filter(|r| matches!(r.end, End::Failed(_)))
+            .count();
+        eprintln!(
+            "qrlink-load: warm-up: {} sessions, {failed} failed",
+            run.started
+        );
+        tokio::time::sleep(args.settle).await;
+    }
     let sample = |pid: Option<u32>, fds: bool| pid.and_then(|p| procfs::sample(p, fds).ok());
     let me = Some(std::process::id());
     let before = (
@@ -315,56 +347,17 @@ async fn run(args: Args) -> Result<(), String> {
         start,
     ));
 
-    // The pacer: session i starts at `start + i / rate`, when a concurrency slot is free.
-    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let mut tasks: JoinSet<SessionResult> = JoinSet::new();
-    let mut results = Vec::with_capacity(args.sessions as usize);
-    let mut started = 0u64;
-    let mut last_start = start;
-    for i in 0..args.sessions {
-        let due = start + Duration::from_secs_f64(i as f64 / args.rate);
-        if due >= deadline {
-            break;
-        }
-        tokio::time::sleep_until(due.into()).await;
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = tokio::time::sleep_until(deadline.into()) => break,
-        };
-        // Reap finished sessions as we go, so a long run does not hold every task.
-        while let Some(done) = tasks.try_join_next() {
-            results.push(done.unwrap_or_else(|_| SessionResult::new(Role::Hold).fail("panic")));
-        }
-        let role = role_of(&args, i);
-        let ctx = ctx.clone();
-        let mode = args.mode;
-        tasks.spawn(async move {
-            let r = match mode {
-                Mode::Ws => ws_mode::run(&ctx, i, role).await,
-                Mode::Express => express_mode::run(&ctx, i, role).await,
-            };
-            drop(permit);
-            r
-        });
-        started += 1;
-        last_start = Instant::now();
-    }
-    started_total.store(started, Ordering::Relaxed);
-    let mut aborted = 0u64;
-    loop {
-        tokio::select! {
-            done = tasks.join_next() => match done {
-                None => break,
-                Some(done) => results.push(done.unwrap_or_else(|_| SessionResult::new(Role::Hold).fail("panic"))),
-            },
-            () = tokio::time::sleep_until(deadline.into()) => {
-                aborted = tasks.len() as u64;
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-                break;
-            }
-        }
-    }
+    let run = pace(
+        &args,
+        &ctx,
+        args.sessions,
+        (start, deadline),
+        &|i| role_of(&args, i),
+        &started_total,
+    )
+    .await;
+    let (results, started, last_start, aborted) =
+        (run.results, run.started, run.last_start, run.aborted);
     let ended = Instant::now();
     ramping.store(false, Ordering::Relaxed);
     tokio::time::sleep(args.settle).await;
@@ -434,6 +427,85 @@ async fn run(args: Args) -> Result<(), String> {
         None => print!("{table}"),
     }
     Ok(())
+}
+
+/// What the pacer saw.
+struct PaceRun {
+    results: Vec<SessionResult>,
+    started: u64,
+    last_start: Instant,
+    aborted: u64,
+}
+
+/// Runs `n` sessions: session i starts at `start + i / rate`, when a concurrency slot is free;
+/// whatever still runs at `deadline` is aborted. `started_total` learns how many started as
+/// soon as the last one has.
+async fn pace(
+    args: &Args,
+    ctx: &Arc<Ctx>,
+    n: u64,
+    (start, deadline): (Instant, Instant),
+    role: &dyn Fn(u64) -> Role,
+    started_total: &AtomicU64,
+) -> PaceRun {
+    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut tasks: JoinSet<SessionResult> = JoinSet::new();
+    let mut results = Vec::with_capacity(n as usize);
+    let mut started = 0u64;
+    let mut last_start = start;
+    let joined = |done: Result<SessionResult, tokio::task::JoinError>| {
+        done.unwrap_or_else(|_| SessionResult::new(Role::Hold).fail("panic"))
+    };
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / args.rate);
+        if due >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = tokio::time::sleep_until(deadline.into()) => break,
+        };
+        // Reap finished sessions as we go, so a long run does not hold every task.
+        while let Some(done) = tasks.try_join_next() {
+            results.push(joined(done));
+        }
+        let role = role(i);
+        let ctx = ctx.clone();
+        let mode = args.mode;
+        tasks.spawn(async move {
+            let r = match mode {
+                Mode::Ws => ws_mode::run(&ctx, i, role).await,
+                Mode::Express => express_mode::run(&ctx, i, role).await,
+            };
+            drop(permit);
+            r
+        });
+        started += 1;
+        last_start = Instant::now();
+    }
+    started_total.store(started, Ordering::Relaxed);
+    let mut aborted = 0u64;
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                None => break,
+                Some(done) => results.push(joined(done)),
+            },
+            () = tokio::time::sleep_until(deadline.into()) => {
+                aborted = tasks.len() as u64;
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    PaceRun {
+        results,
+        started,
+        last_start,
+        aborted,
+    }
 }
 
 fn slope_kib(ramp: &[(f64, f64)]) -> Option<f64> {
@@ -690,6 +762,9 @@ async fn cross_check(ctx: &Ctx, results: &[SessionResult], report: &mut Report) 
                     }
                 }
                 Some(p) if p.outcome.kind == "pending" => counts.upstream_still_open += 1,
+                Some(p) if p.ended.is_some_and(|at| at > hung_up) => {
+                    counts.upstream_answered_after_hangup += 1;
+                }
                 _ => counts.other += 1,
             }
         }

@@ -113,7 +113,10 @@ pub struct HangUps {
     pub upstream_closed: u64,
     /// Whose upstream poll was still open when the report was made (`settle` after the end).
     pub upstream_still_open: u64,
-    /// Whose upstream poll had ended otherwise (answered) or had not started.
+    /// Whose upstream poll stayed open until the simulator answered it (a QR rotation): the
+    /// hang-up never reached the upstream.
+    pub upstream_answered_after_hangup: u64,
+    /// Whose upstream poll had been answered before the hang-up, or had not started.
     pub other: u64,
 }
 
@@ -294,8 +297,12 @@ impl Report {
             let h = &self.hangups;
             let _ = writeln!(
                 out,
-                "hang-ups: sampled {} upstream closed {} still open {} other {}",
-                h.sampled, h.upstream_closed, h.upstream_still_open, h.other
+                "hang-ups: sampled {} upstream closed {} still open {} answered later {} other {}",
+                h.sampled,
+                h.upstream_closed,
+                h.upstream_still_open,
+                h.upstream_answered_after_hangup,
+                h.other
             );
         }
         let outcomes: Vec<String> = self

@@ -160,6 +160,11 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
                         return End::HungUp;
                     }
                     Role::HangUp => {
+                        if let (Some(sim), Some(id)) = (&ctx.sim, &r.intent_id)
+                            && !sim.wait_for_pending_poll(id, ctx.step_timeout).await
+                        {
+                            return End::Failed("no_pending_poll_to_hang_up".to_owned());
+                        }
                         r.hung_up_at_us = Some(unix_now_us());
                         hang_up(ws, false, ctx.step_timeout).await;
                         return End::HungUp;
