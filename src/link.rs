@@ -84,13 +84,28 @@ pub struct LinkRequest {
     pub qr_ttl: Duration,
 }
 
+/// Where a link attempt sends its frames. Boxed: a channel allocates whole blocks of slots,
+/// and a pointer-sized slot keeps that allocation small for every open session.
+pub type Frames = mpsc::Sender<Box<ServerFrame>>;
+
+/// `send` with the boxing done here, so call sites read as plain sends.
+trait SendBoxed {
+    async fn send_boxed(&self, frame: ServerFrame) -> Result<(), ()>;
+}
+
+impl SendBoxed for Frames {
+    async fn send_boxed(&self, frame: ServerFrame) -> Result<(), ()> {
+        self.send(Box::new(frame)).await.map_err(drop)
+    }
+}
+
 /// Runs one link attempt to its end. Non-terminal frames (`qr`, `checkpoint`) and finally
 /// exactly one terminal frame are sent into `frames`; `codes` carries the client's answers to
 /// checkpoints. Returns early, sending nothing more, if either channel's other end is gone.
 pub async fn run(
     upstream: &UnipileClient,
     req: &LinkRequest,
-    frames: mpsc::Sender<ServerFrame>,
+    frames: Frames,
     mut codes: mpsc::Receiver<String>,
 ) {
     let intent = IntentRequest {
@@ -118,12 +133,12 @@ pub async fn run(
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream QR cannot be rendered");
                         let _ = frames
-                            .send(gateway_error(codes::UPSTREAM_INVALID, true))
+                            .send_boxed(gateway_error(codes::UPSTREAM_INVALID, true))
                             .await;
                         return;
                     }
                 };
-                if frames.send(frame).await.is_err() {
+                if frames.send_boxed(frame).await.is_err() {
                     return;
                 }
                 upstream.solve_checkpoint(&intent_id, "").await
@@ -161,7 +176,7 @@ pub async fn run(
             }
             Ok(AuthResponse::Account(account)) => {
                 let _ = frames
-                    .send(ServerFrame::Account {
+                    .send_boxed(ServerFrame::Account {
                         account,
                         state: req.state.clone(),
                     })
@@ -170,12 +185,12 @@ pub async fn run(
             }
             Ok(AuthResponse::OauthUrl { .. }) => {
                 let _ = frames
-                    .send(gateway_error(codes::UNSUPPORTED_STEP, false))
+                    .send_boxed(gateway_error(codes::UNSUPPORTED_STEP, false))
                     .await;
                 return;
             }
             Err(e) => {
-                let _ = frames.send(error_frame(e, rotation)).await;
+                let _ = frames.send_boxed(error_frame(e, rotation)).await;
                 return;
             }
         };
@@ -186,7 +201,7 @@ pub async fn run(
 /// Shows a checkpoint (again, with why, after a wrong answer) and waits for the client's code.
 /// None when the client is gone.
 async fn ask(
-    frames: &mpsc::Sender<ServerFrame>,
+    frames: &Frames,
     codes: &mut mpsc::Receiver<String>,
     checkpoint: &Value,
     error: Option<CheckpointError>,
@@ -197,7 +212,7 @@ async fn ask(
         checkpoint: checkpoint.clone(),
         error,
     };
-    frames.send(frame).await.ok()?;
+    frames.send_boxed(frame).await.ok()?;
     codes.recv().await
 }
 

@@ -37,8 +37,9 @@ const CODE_QUEUE: usize = 2;
 /// How long to wait for the client's Close after ours before dropping the connection.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// Initial read buffer per socket. Clients send a few bytes (`cancel`, a 2FA code); the
-/// tungstenite default (128 KiB) would dominate the memory of an idle session.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite default (128 KiB) would dominate the memory of an idle session. It grows for a
+/// larger message, up to [`MAX_CLIENT_MESSAGE_BYTES`].
+const READ_BUFFER: usize = 1024;
 /// Outgoing bytes buffered per socket before a send fails: a few QR frames. A client that stops
 /// reading hits this or the send timeout and is disconnected.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
@@ -216,7 +217,7 @@ async fn session_loop(
                     break None;
                 };
                 let terminal = frame.is_terminal();
-                if emit(&mut socket, state, session, &mut seq, frame).await.is_err() {
+                if emit(&mut socket, state, session, &mut seq, *frame).await.is_err() {
                     tracing::info!("client gone or not reading; dropping it");
                     return;
                 }
