@@ -301,3 +301,50 @@ async fn json_logs_are_one_object_per_line_with_the_session_span() {
         "opened and disconnected inside the span:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn qrlink_simulate_serves_the_unipile_api_on_its_own_and_requires_its_key() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qrlink"))
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            "sim-key",
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("qrlink simulate starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("UNIPILE_API_URL at http://").nth(1) {
+                return rest.split([' ', '/']).next().unwrap().to_owned();
+            }
+        }
+        panic!("qrlink simulate ended without saying where it listens");
+    })
+    .await
+    .expect("qrlink simulate says where it listens");
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/v2/auth/intent");
+    let body = serde_json::json!({"provider": "whatsapp", "credentials": {"qrcode": true}});
+    let refused = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let answer: serde_json::Value = http
+        .post(&url)
+        .header("x-api-key", "sim-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["object"], "AuthenticationQrCode");
+    assert!(answer["intent_id"].as_str().unwrap().starts_with("acc_"));
+}
