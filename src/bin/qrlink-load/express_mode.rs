@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
 
 use crate::control::short_error;
-use crate::session::{Ctx, End, OpenGuard, Role, SessionResult, unix_now_us};
+use crate::session::{Ctx, End, OpenGuard, Role, SessionResult, scan_outcome, unix_now_us};
 
 /// The fields of a Unipile object this tool looks at.
 #[derive(Debug, Deserialize)]
@@ -141,10 +141,8 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                 }
                 done = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                     scan = None;
-                    match done {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return r.fail(format!("scan_{e}")),
-                        Err(_) => return r.fail("scan_task"),
+                    if let Err(label) = scan_outcome(done) {
+                        return r.fail(label);
                     }
                 }
                 () = sleep_until(account_deadline.unwrap_or(qr_at).into()), if account_deadline.is_some() => {

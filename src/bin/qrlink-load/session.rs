@@ -166,6 +166,17 @@ impl Ctx {
     }
 }
 
+/// What a finished scan task means for its session: nothing, or the failure label to report.
+pub fn scan_outcome(
+    done: Result<Result<(), String>, tokio::task::JoinError>,
+) -> Result<(), String> {
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("scan_{e}")),
+        Err(_) => Err("scan_task".to_owned()),
+    }
+}
+
 /// Now, in microseconds since the Unix epoch: the clock the simulator's records use.
 pub fn unix_now_us() -> i64 {
     SystemTime::now()

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::session::{Ctx, End, OpenGuard, Role, SessionResult, unix_now_us};
+use crate::session::{Ctx, End, OpenGuard, Role, SessionResult, scan_outcome, unix_now_us};
 use crate::target;
 
 /// Client-side buffers: frames are a few KiB to a few tens of KiB, and thousands of sockets
@@ -180,10 +180,8 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
             }
             done = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                 scan = None;
-                match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return End::Failed(format!("scan_{e}")),
-                    Err(_) => return End::Failed("scan_task".to_owned()),
+                if let Err(label) = scan_outcome(done) {
+                    return End::Failed(label);
                 }
             }
             () = sleep_until(account_deadline.unwrap_or(qr_at).into()), if account_deadline.is_some() => {
