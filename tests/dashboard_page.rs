@@ -76,18 +76,7 @@ async fn a_session_opened_in_another_tab_appears_with_its_provider_and_qr_number
             .scan(&intents[0])
             .expect("the simulator takes the scan");
 
-        wait_row(
-            page,
-            &id,
-            "the row's outcome",
-            "r.dataset.outcome === 'account'",
-        )
-        .await;
-        let row = read_row(page, &id)
-            .await
-            .expect("the closed row stays a while");
-        assert_eq!(row.phase, "account");
-        assert!(row.closed && !row.cancel_enabled, "{row:?}");
+        closed_row(page, &id, "account").await;
         assert_eq!(
             counters(page).await,
             [0, 1, 0, 0, 0, 0],
@@ -154,18 +143,7 @@ async fn the_cancel_button_ends_a_session_its_client_gets_session_cancelled_and_
             assert_eq!(error.code, "session/cancelled");
             assert_eq!(client.closed().await, close::NORMAL);
 
-            wait_row(
-                page,
-                &id,
-                "the row's outcome",
-                "r.dataset.outcome === 'cancelled'",
-            )
-            .await;
-            let row = read_row(page, &id)
-                .await
-                .expect("the closed row stays a while");
-            assert_eq!(row.phase, "cancelled");
-            assert!(row.closed && !row.cancel_enabled, "{row:?}");
+            let row = closed_row(page, &id, "cancelled").await;
             assert_eq!(
                 row.cancel_label, "Cancel",
                 "nothing is still being cancelled"
@@ -353,6 +331,18 @@ async fn read_row(page: &Page, id: &str) -> Option<Row> {
          cancel_label: b === null ? '' : b.textContent }}"
     );
     page.js_with(&script, vec![json!(id)]).await
+}
+
+/// Waits for a session's row to show `outcome`, and checks it is closed with Cancel disabled.
+async fn closed_row(page: &Page, id: &str, outcome: &str) -> Row {
+    let condition = format!("r.dataset.outcome === '{outcome}'");
+    wait_row(page, id, "the row's outcome", &condition).await;
+    let row = read_row(page, id)
+        .await
+        .expect("the closed row stays a while");
+    assert_eq!(row.phase, outcome);
+    assert!(row.closed && !row.cancel_enabled, "{row:?}");
+    row
 }
 
 /// Waits until the session's row is there and `condition` (a JS expression over `r` and
