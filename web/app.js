@@ -1080,10 +1080,14 @@
       }
     });
     window.addEventListener('popstate', route);
-    window.addEventListener('resize', () => {
+    // The code's box changes with the viewport, the orientation and the zoom: snap again each
+    // time its size changes (a ResizeObserver runs before paint, unlike a debounced resize).
+    const resnap = () => {
       const layer = ui.qr.querySelector('.qr-layer:not(.is-leaving)');
       if (layer) snapQr(layer);
-    });
+    };
+    if ('ResizeObserver' in window) new ResizeObserver(resnap).observe(ui.qr);
+    else window.addEventListener('resize', resnap);
     // Leaving the page ends the attempt at once: the gateway then aborts the upstream poll.
     window.addEventListener('pagehide', stopAttempt);
     // Back from the back/forward cache: the socket was closed on the way out, so an attempt
