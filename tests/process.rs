@@ -242,6 +242,26 @@ async fn neither_the_api_key_nor_tokens_nor_any_qr_string_appear_in_trace_logs()
 }
 
 #[tokio::test]
+async fn a_quiet_log_level_keeps_the_websocket_libraries_quiet_too() {
+    // The cap on tungstenite's level must never raise it: under `warn` a closed WebSocket used
+    // to log two tungstenite `debug` lines.
+    let sim = TestSimulator::start(sim_config(Duration::from_secs(30), 2)).await;
+    let bin = start_binary(&sim.url(), "warn,qrlink=info").await;
+    let mut c = WsClient::connect(&format!("ws://{}/ws/link/whatsapp", bin.addr)).await;
+    c.qr().await;
+    c.send(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    // The gateway reads the Close (where tungstenite would log), then logs the disconnect.
+    let logs = bin
+        .wait_for_log(|l| l.contains("client disconnected"))
+        .await;
+    assert!(
+        !logs.contains("tungstenite") && !logs.contains("DEBUG"),
+        "debug lines under RUST_LOG=warn:\n{logs}"
+    );
+}
+
+#[tokio::test]
 async fn qrlink_token_mints_a_token_the_gateway_accepts() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qrlink"))
         .args(["token", "--secret", TOKEN_SECRET, "--sub", "user-9"])
