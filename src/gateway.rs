@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamHttp};
 use crate::limits::Limits;
 use crate::sessions::SessionRegistry;
 use crate::simulator::{Simulator, SimulatorConfig};
@@ -110,6 +110,12 @@ impl Gateway {
             Timeouts {
                 connect: config.upstream_connect_timeout,
                 poll: config.upstream_poll_timeout,
+            },
+            // The embedded simulator is served by this gateway's own HTTP/1.1 listener.
+            if simulator.is_some() {
+                UpstreamHttp::Http1
+            } else {
+                config.upstream_http
             },
         )?;
         crate::metrics::install();

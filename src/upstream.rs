@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use crate::config::UpstreamHttp;
+
 /// Retry delays never exceed this, whatever the attempt count.
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Start Auth Intent answers at once upstream; this only guards against a hung connection.
@@ -37,6 +39,13 @@ pub struct Timeouts {
     /// One Solve a Checkpoint long poll (at least 90 s: Unipile holds it until the QR rotates).
     pub poll: Duration,
 }
+
+/// Every 30 s an HTTP/2 connection idle at the frame level (long polls pending, nothing said)
+/// is pinged, so a connection that died silently fails its pending polls (they are retried)
+/// instead of leaving every session on it waiting for the poll timeout.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Time an HTTP/2 keepalive ping has to come back.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Unipile API client. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
@@ -180,6 +189,7 @@ impl UnipileClient {
         api_key: &str,
         retry: RetryPolicy,
         timeouts: Timeouts,
+        version: UpstreamHttp,
     ) -> Result<Self, BuildError> {
         let base = base_url.trim_end_matches('/');
         let parsed = url::Url::parse(base).map_err(|_| BuildError::BadUrl(base.to_owned()))?;
@@ -188,11 +198,27 @@ impl UnipileClient {
         }
         let mut api_key = HeaderValue::from_str(api_key).map_err(|_| BuildError::BadApiKey)?;
         api_key.set_sensitive(true);
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .tcp_nodelay(true)
-            .user_agent(concat!("qrlink/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("qrlink/", env!("CARGO_PKG_VERSION")));
+        let builder = match version {
+            UpstreamHttp::Http1 => builder.http1_only(),
+            UpstreamHttp::Http2 => {
+                let builder = builder
+                    .http2_keep_alive_interval(HTTP2_KEEPALIVE)
+                    .http2_keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+                    .http2_keep_alive_while_idle(true);
+                // TLS offers h2 by ALPN; plain HTTP has no negotiation (h2c upgrade is not
+                // supported by hyper's client), so the client speaks HTTP/2 from the start.
+                if parsed.scheme() == "http" {
+                    builder.http2_prior_knowledge()
+                } else {
+                    builder
+                }
+            }
+        };
+        let http = builder.build()?;
         Ok(UnipileClient {
             http,
             intent_url: format!("{base}/v2/auth/intent"),

@@ -36,6 +36,7 @@ mod reply;
 mod scan_page;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,9 +52,18 @@ pub use record::{PollOutcome, PollRecord, RecordedRequest};
 pub use reply::ANSWERED_AT_HEADER;
 
 use fault::FaultQueue;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use intent::Intent;
 use mint::Minter;
 use record::Recorder;
+
+/// HTTP/2 streams one client connection may have open: every session's long poll is one.
+const MAX_HTTP2_STREAMS: u32 = 1 << 20;
+/// Time in-flight requests get to finish once shutdown has answered the pending polls.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How the simulator behaves.
 #[derive(Clone)]
@@ -169,6 +179,8 @@ struct Inner {
     recorder: Arc<Recorder>,
     /// Cancelled on shutdown so long polls and stalls end and graceful shutdown can finish.
     shutdown: CancellationToken,
+    /// TCP connections accepted by [`Simulator::serve`].
+    connections: AtomicU64,
 }
 
 /// One intent and the channel that wakes its waiting polls.
@@ -202,6 +214,7 @@ impl Simulator {
                 order: Mutex::new(Vec::new()),
                 faults: FaultQueue::default(),
                 recorder: Arc::new(Recorder::default()),
+                connections: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -226,19 +239,51 @@ impl Simulator {
 
     /// Serves the simulator alone on `listener` until `shutdown` resolves; then pending long
     /// polls are answered (see [`Simulator::shutdown`]) and in-flight requests finish.
+    ///
+    /// Each connection speaks HTTP/1.1 or HTTP/2 with prior knowledge (`h2c`), whichever the
+    /// client opens with, so a gateway with `--upstream-http 2` multiplexes every long poll
+    /// over one connection. The stream limit is far above the default (200): a load test
+    /// holds thousands of polls at once, and a client at the limit queues its calls.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        let sim = self.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                sim.shutdown();
-            })
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http2().max_concurrent_streams(MAX_HTTP2_STREAMS);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, usually: back off instead of spinning.
+                        tracing::warn!(error = %e, "simulator: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            self.inner.connections.fetch_add(1, Ordering::Relaxed);
+            let service = TowerToHyperService::new(router.clone());
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::spawn(graceful.watch(conn));
+        }
+        drop(listener);
+        self.shutdown();
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
+            .is_err()
+        {
+            tracing::warn!("simulator: connections still open after the grace period");
+        }
+        Ok(())
     }
 
     /// Ends every pending long poll and stall with `503 api/service_unavailable`, now and for
@@ -277,6 +322,12 @@ impl Simulator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// TCP connections [`Simulator::serve`] has accepted: one per call in flight over HTTP/1.1,
+    /// one in all when the client multiplexes over HTTP/2.
+    pub fn connections_accepted(&self) -> u64 {
+        self.inner.connections.load(Ordering::Relaxed)
     }
 
     /// Every checkpoint call ever made, in start order.
