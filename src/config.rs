@@ -128,14 +128,19 @@ pub struct Config {
     #[arg(long, env = "QRLINK_UPSTREAM_POLL_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub upstream_poll_timeout: Duration,
 
-    /// HTTP version towards Unipile. `1.1` (default): one connection per pending long poll,
-    /// right for any server. `2`: every call multiplexed over one connection (on `https://`
-    /// negotiated by ALPN, falling back to 1.1; on plain `http://` spoken directly, as
-    /// `qrlink simulate` understands). About 30 KiB and one file descriptor less per session
-    /// (benches/README.md), but only for an upstream whose HTTP/2 stream limit exceeds your
-    /// concurrent sessions: calls beyond the limit wait for a free stream.
+    /// HTTP version towards Unipile. `1.1` (default): a connection per pending long poll,
+    /// right for any server. `2`: calls are streams on a few HTTP/2 connections (`https://`:
+    /// the server must agree to `h2` by ALPN; plain `http://`: spoken from the first byte, as
+    /// `qrlink simulate` understands); far less memory and one file descriptor per hundred
+    /// sessions instead of one each (benches/README.md).
     #[arg(long, env = "QRLINK_UPSTREAM_HTTP", default_value = "1.1")]
     pub upstream_http: UpstreamHttp,
+
+    /// With `--upstream-http 2`: streams on one connection before another is opened. Keep it
+    /// at or under the server's `SETTINGS_MAX_CONCURRENT_STREAMS` (100 is the least RFC 9113
+    /// recommends servers allow), or calls over it wait for a free stream.
+    #[arg(long, env = "QRLINK_UPSTREAM_HTTP2_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_http2_streams: u32,
 
     /// Time given to open sessions to say goodbye on shutdown before they are dropped.
     #[arg(long, env = "QRLINK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -221,7 +226,8 @@ pub enum UpstreamHttp {
     #[default]
     #[value(name = "1.1")]
     Http1,
-    /// HTTP/2: one multiplexed connection (ALPN on TLS, prior knowledge on plain HTTP).
+    /// HTTP/2: streams on a small pool of connections (ALPN on TLS, prior knowledge on plain
+    /// HTTP).
     #[value(name = "2")]
     Http2,
 }

@@ -29,7 +29,7 @@ use crate::config::{Config, UpstreamHttp};
 use crate::limits::Limits;
 use crate::sessions::SessionRegistry;
 use crate::simulator::{Simulator, SimulatorConfig};
-use crate::upstream::{self, RetryPolicy, Timeouts, UnipileClient};
+use crate::upstream::{self, HttpVersion, RetryPolicy, Timeouts, UnipileClient};
 use crate::{assets, auth, watch, ws};
 
 /// How long a connection accepted during shutdown may take to send its request.
@@ -112,10 +112,12 @@ impl Gateway {
                 poll: config.upstream_poll_timeout,
             },
             // The embedded simulator is served by this gateway's own HTTP/1.1 listener.
-            if simulator.is_some() {
-                UpstreamHttp::Http1
-            } else {
-                config.upstream_http
+            match config.upstream_http {
+                _ if simulator.is_some() => HttpVersion::Http1,
+                UpstreamHttp::Http1 => HttpVersion::Http1,
+                UpstreamHttp::Http2 => HttpVersion::Http2 {
+                    streams_per_connection: config.upstream_http2_streams as usize,
+                },
             },
         )?;
         crate::metrics::install();

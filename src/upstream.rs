@@ -13,7 +13,15 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::config::UpstreamHttp;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+mod h2pool;
+
+pub use h2pool::H2Pool;
+use h2pool::Target;
+
+const USER_AGENT: &str = concat!("qrlink/", env!("CARGO_PKG_VERSION"));
 
 /// Retry delays never exceed this, whatever the attempt count.
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
@@ -40,29 +48,62 @@ pub struct Timeouts {
     pub poll: Duration,
 }
 
-/// Every 30 s an HTTP/2 connection idle at the frame level (long polls pending, nothing said)
-/// is pinged, so a connection that died silently fails its pending polls (they are retried)
-/// instead of leaving every session on it waiting for the poll timeout.
-const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
-/// Time an HTTP/2 keepalive ping has to come back.
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The Unipile API client. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct UnipileClient {
-    http: reqwest::Client,
-    intent_url: String,
-    checkpoint_url: String,
+    transport: Transport,
+    intent: Call,
+    checkpoint: Call,
     /// Marked sensitive so it is never printed by `Debug` of a request.
     api_key: HeaderValue,
     retry: RetryPolicy,
     poll_timeout: Duration,
 }
 
+/// The HTTP version of the client (`--upstream-http`, `--upstream-http2-streams`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.1 only: a connection per call in flight.
+    Http1,
+    /// HTTP/2 streams, at most this many per connection (see [`H2Pool`]).
+    Http2 {
+        /// Streams one connection carries before the pool opens another.
+        streams_per_connection: usize,
+    },
+}
+
+/// How calls reach Unipile (`--upstream-http`).
+#[derive(Clone)]
+enum Transport {
+    /// reqwest, HTTP/1.1 only: a connection per call in flight, kept alive in its pool.
+    Http1(reqwest::Client),
+    /// Streams on a few HTTP/2 connections.
+    Http2(H2Pool),
+}
+
+/// One of the two endpoints.
+#[derive(Clone)]
+struct Call {
+    /// Metrics label.
+    label: &'static str,
+    url: String,
+    uri: hyper::Uri,
+}
+
+impl Call {
+    fn new(label: &'static str, base: &str, path: &str) -> Result<Call, BuildError> {
+        let url = format!("{base}{path}");
+        let uri = url
+            .parse()
+            .map_err(|_| BuildError::BadUrl(base.to_owned()))?;
+        Ok(Call { label, url, uri })
+    }
+}
+
 impl std::fmt::Debug for UnipileClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UnipileClient")
-            .field("intent_url", &self.intent_url)
+            .field("intent_url", &self.intent.url)
             .field("api_key", &"<redacted>")
             .finish()
     }
@@ -189,7 +230,7 @@ impl UnipileClient {
         api_key: &str,
         retry: RetryPolicy,
         timeouts: Timeouts,
-        version: UpstreamHttp,
+        version: HttpVersion,
     ) -> Result<Self, BuildError> {
         let base = base_url.trim_end_matches('/');
         let parsed = url::Url::parse(base).map_err(|_| BuildError::BadUrl(base.to_owned()))?;
@@ -198,42 +239,48 @@ impl UnipileClient {
         }
         let mut api_key = HeaderValue::from_str(api_key).map_err(|_| BuildError::BadApiKey)?;
         api_key.set_sensitive(true);
-        let builder = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .tcp_nodelay(true)
-            .user_agent(concat!("qrlink/", env!("CARGO_PKG_VERSION")));
-        let builder = match version {
-            UpstreamHttp::Http1 => builder.http1_only(),
-            UpstreamHttp::Http2 => {
-                let builder = builder
-                    .http2_keep_alive_interval(HTTP2_KEEPALIVE)
-                    .http2_keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
-                    .http2_keep_alive_while_idle(true);
-                // TLS offers h2 by ALPN; plain HTTP has no negotiation (h2c upgrade is not
-                // supported by hyper's client), so the client speaks HTTP/2 from the start.
-                if parsed.scheme() == "http" {
-                    builder.http2_prior_knowledge()
-                } else {
-                    builder
-                }
+        let transport = match version {
+            HttpVersion::Http1 => Transport::Http1(
+                reqwest::Client::builder()
+                    .connect_timeout(timeouts.connect)
+                    .tcp_nodelay(true)
+                    .user_agent(USER_AGENT)
+                    .http1_only()
+                    .build()?,
+            ),
+            HttpVersion::Http2 {
+                streams_per_connection,
+            } => {
+                let target = Target::of(&parsed).ok_or_else(|| BuildError::BadUrl(base.into()))?;
+                Transport::Http2(H2Pool::new(
+                    target,
+                    timeouts.connect,
+                    streams_per_connection,
+                ))
             }
         };
-        let http = builder.build()?;
         Ok(UnipileClient {
-            http,
-            intent_url: format!("{base}/v2/auth/intent"),
-            checkpoint_url: format!("{base}/v2/auth/checkpoint"),
+            transport,
+            intent: Call::new("intent", base, "/v2/auth/intent")?,
+            checkpoint: Call::new("checkpoint", base, "/v2/auth/checkpoint")?,
             api_key,
             retry,
             poll_timeout: timeouts.poll,
         })
     }
 
+    /// Open HTTP/2 connections, with `--upstream-http 2`.
+    pub fn http2_connections(&self) -> Option<usize> {
+        match &self.transport {
+            Transport::Http1(_) => None,
+            Transport::Http2(pool) => Some(pool.connections()),
+        }
+    }
+
     /// Start Auth Intent (`POST /v2/auth/intent`).
     pub async fn start_intent(&self, req: &IntentRequest) -> Result<AuthResponse, Error> {
-        let body = serde_json::to_value(req).expect("IntentRequest serializes");
-        self.call("intent", &self.intent_url, &body, INTENT_TIMEOUT)
-            .await
+        let body = serde_json::to_vec(req).expect("IntentRequest serializes");
+        self.call(&self.intent, body.into(), INTENT_TIMEOUT).await
     }
 
     /// Solve a Checkpoint (`POST /v2/auth/checkpoint`): `code` is `""` while waiting for a scan.
@@ -243,24 +290,26 @@ impl UnipileClient {
         intent_id: &str,
         code: &str,
     ) -> Result<AuthResponse, Error> {
-        let body = serde_json::json!({ "code": code, "intent_id": intent_id });
-        self.call("checkpoint", &self.checkpoint_url, &body, self.poll_timeout)
+        // Serialized once: only these bytes stay alive during the long poll and its retries.
+        let body = serde_json::to_vec(&serde_json::json!({ "code": code, "intent_id": intent_id }))
+            .expect("a JSON object serializes");
+        self.call(&self.checkpoint, body.into(), self.poll_timeout)
             .await
     }
 
     async fn call(
         &self,
-        endpoint: &'static str,
-        url: &str,
-        body: &Value,
+        call: &Call,
+        body: Bytes,
         timeout: Duration,
     ) -> Result<AuthResponse, Error> {
+        let endpoint = call.label;
         let mut attempts = 0u32;
         let mut deadline: Option<Instant> = None;
         loop {
             attempts += 1;
             let started = Instant::now();
-            let result = self.once(url, body, timeout).await;
+            let result = self.once(call, body.clone(), timeout).await;
             let (status_label, out) = match result {
                 Ok((status, resp)) => (status.to_string(), Ok(resp)),
                 Err(failure) => ("failed".to_owned(), Err(failure)),
@@ -304,54 +353,89 @@ impl UnipileClient {
 
     async fn once(
         &self,
-        url: &str,
-        body: &Value,
+        call: &Call,
+        body: Bytes,
         timeout: Duration,
     ) -> Result<(u16, AuthResponse), Failure> {
-        let sent = self
-            .http
-            .post(url)
+        let answer = match &self.transport {
+            Transport::Http1(http) => self.once_http1(http, call, body, timeout).await,
+            Transport::Http2(pool) => {
+                tokio::time::timeout(timeout, self.once_http2(pool, call, body))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".to_owned()))
+            }
+        };
+        let (status, retry_after, bytes) = answer.map_err(|reason| Failure::Transient {
+            reason,
+            retry_after: None,
+            api: None,
+        })?;
+        decode(status, retry_after, &bytes).map(|r| (status.as_u16(), r))
+    }
+
+    /// Status, `Retry-After` and body over HTTP/1.1; `Err` is a transient failure's reason.
+    async fn once_http1(
+        &self,
+        http: &reqwest::Client,
+        call: &Call,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), String> {
+        let mut resp = http
+            .post(&call.url)
             .header("x-api-key", self.api_key.clone())
             .header("accept", "application/json")
-            .json(body)
+            .header("content-type", "application/json")
+            .body(body)
             .timeout(timeout)
             .send()
-            .await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(Failure::Transient {
-                    reason: describe(&e),
-                    retry_after: None,
-                    api: None,
-                });
-            }
-        };
+            .await
+            .map_err(|e| describe(&e))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let bytes = match read_limited(resp).await {
-            Ok(b) => b,
-            Err(reason) => {
-                return Err(Failure::Transient {
-                    reason,
-                    retry_after: None,
-                    api: None,
-                });
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+            append_limited(&mut buf, &chunk)?;
+        }
+        Ok((status, retry_after, buf))
+    }
+
+    /// The same over a stream of the HTTP/2 pool.
+    async fn once_http2(
+        &self,
+        pool: &H2Pool,
+        call: &Call,
+        body: Bytes,
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), String> {
+        let req = hyper::Request::post(call.uri.clone())
+            .header("x-api-key", self.api_key.clone())
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .header("user-agent", USER_AGENT)
+            .body(Full::new(body))
+            .map_err(|_| "request failed".to_owned())?;
+        // The lease keeps the stream's slot until the body is read.
+        let (_lease, resp) = pool.send(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers());
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| "body read failed".to_owned())?;
+            if let Some(chunk) = frame.data_ref() {
+                append_limited(&mut buf, chunk)?;
             }
-        };
-        decode(status, retry_after, &bytes).map(|r| (status.as_u16(), r))
+        }
+        Ok((status, retry_after, buf))
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
-        if buf.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(format!("response body over {MAX_BODY_BYTES} bytes"));
-        }
-        buf.extend_from_slice(&chunk);
+fn append_limited(buf: &mut Vec<u8>, chunk: &[u8]) -> Result<(), String> {
+    if buf.len() + chunk.len() > MAX_BODY_BYTES {
+        return Err(format!("response body over {MAX_BODY_BYTES} bytes"));
     }
-    Ok(buf)
+    buf.extend_from_slice(chunk);
+    Ok(())
 }
 
 /// A failure description that never includes the URL's secrets or bodies.
@@ -514,6 +598,42 @@ mod tests {
 
     fn ok(v: Value) -> Result<AuthResponse, Failure> {
         decode(StatusCode::OK, None, v.to_string().as_bytes())
+    }
+
+    /// Every session keeps a long poll's future alive for its whole life, so its size is
+    /// memory per session. Connecting (TLS state, the HTTP/2 handshake) is boxed away.
+    #[test]
+    fn a_pending_long_poll_future_stays_small_with_either_transport() {
+        for (url, version) in [
+            ("http://127.0.0.1:9", HttpVersion::Http1),
+            (
+                "https://127.0.0.1:9",
+                HttpVersion::Http2 {
+                    streams_per_connection: 100,
+                },
+            ),
+        ] {
+            let client = UnipileClient::new(
+                url,
+                "k",
+                RetryPolicy {
+                    budget: Duration::from_secs(1),
+                    base: Duration::from_millis(10),
+                },
+                Timeouts {
+                    connect: Duration::from_secs(1),
+                    poll: Duration::from_secs(1),
+                },
+                version,
+            )
+            .unwrap();
+            let size = std::mem::size_of_val(&client.solve_checkpoint("acc_1", ""));
+            eprintln!("{version:?}: {size} bytes");
+            assert!(
+                size <= 2048,
+                "{version:?}: a long poll future of {size} bytes"
+            );
+        }
     }
 
     #[test]

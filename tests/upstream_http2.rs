@@ -77,6 +77,29 @@ async fn fifty_concurrent_attempts_share_one_upstream_connection_and_each_links_
 }
 
 #[tokio::test]
+async fn past_the_streams_per_connection_the_pool_opens_another_connection() {
+    let gw = TestGateway::with(
+        sim_config(Duration::from_secs(30), 2),
+        &["--upstream-http", "2", "--upstream-http2-streams", "4"],
+    )
+    .await;
+    let clients = open(&gw, 10).await;
+    let intents: Vec<String> = clients.iter().map(|(_, i)| i.clone()).collect();
+    wait_for_pending_polls(&gw, &intents).await;
+    // Ten long polls in flight, four per connection: three connections.
+    assert_eq!(gw.state.upstream.http2_connections(), Some(3));
+    assert!(gw.sim().connections_accepted() >= 3);
+
+    // When the sessions end, the pool keeps one idle connection, and it is reused.
+    drop(clients);
+    gw.wait_for_no_sessions().await;
+    let mut client = gw.connect("/ws/link/whatsapp").await;
+    let qr = client.qr().await;
+    gw.wait_for_poll(&qr.intent_id, PollOutcome::Pending).await;
+    assert_eq!(gw.state.upstream.http2_connections(), Some(1));
+}
+
+#[tokio::test]
 async fn over_http_1_1_each_pending_long_poll_holds_its_own_connection() {
     // The contrast that makes the test above mean something: the default opens a connection
     // per call in flight.
