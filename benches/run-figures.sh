@@ -7,7 +7,8 @@
 #   benches/run-figures.sh rate hold9k     # some of them
 #
 # Scenarios: rate, hold1k, hold9k, express1k, express9k; for comparing settings: hold3k (memory),
-# cpu (800 sessions/s for 10 s, no hold). Environment: RUNS (3), RATE (3000, the rate scenario),
+# cpu (800 sessions/s for 10 s, no hold); churn (CHURN_N sessions, 100000, opened and closed at
+# CHURN_RATE, 500/s, after a CHURN_WARMUP, 5000, session warm-up: leaked sessions, tasks, fds, RSS). Environment: RUNS (3), RATE (3000, the rate scenario),
 # HOLD_RATE (500, the hold and express scenarios),
 # BIN (target/release), OUT (a new folder under /tmp/qrlink-bench), GW_ENV (extra environment
 # for the gateway, e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"), GW_ARGS
@@ -92,6 +93,14 @@ scenario() {
         load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 8000 --rate 800 --warmup 400 \
           --concurrency 2000 --hold-ms 0 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
           --duration-limit 60s ;;
+      churn)
+        # ~200 s of churn; the drain waits (an event, bounded) until the gateway's sessions are
+        # 0 and its tasks and fds are back to the baseline taken after the warm-up.
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --churn --churn-mix 80,10,10 \
+          --sessions "${CHURN_N:-100000}" --rate "${CHURN_RATE:-500}" --warmup "${CHURN_WARMUP:-5000}" \
+          --concurrency 2000 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
+          --duration-limit 300s --drain-timeout 200s ;;
       hold3k)
         start_gateway
         load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 3000 --rate 500 --warmup 200 \
@@ -142,5 +151,13 @@ for s in "${scenarios[@]}"; do
      rss_slope_kib: (map(.gateway.rss_slope_kib_per_session // 0) | median),
      cpu_ms_per_session_to_plateau: (map(.gateway.cpu_ms_per_session_to_plateau) | median),
      cpu_ms_per_session_total: (map(.gateway.cpu_ms_per_session_total) | median),
-     failed: (map(.sessions.failed) | add)}' "$OUT/$s"-*.json
+     failed: (map(.sessions.failed) | add)}
+    + (if $s == "churn" then
+        {leaked_sessions: (map(.churn.leaked_sessions) | max),
+         leaked_tasks: (map(.churn.leaked_tasks) | median),
+         leaked_fds: (map(.churn.leaked_fds) | median),
+         rss_ratio: (map(.churn.rss_ratio) | median),
+         peak_rss_kib: (map(.churn.peak_rss_kib) | median),
+         verdicts_failed: (map(.churn.verdicts[] | select(.pass | not) | .criterion) | unique)}
+      else {} end)' "$OUT/$s"-*.json
 done | tee "$OUT/medians.json"

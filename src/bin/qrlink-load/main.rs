@@ -9,6 +9,8 @@
 //!
 //! # Layout
 //! - `main.rs`: flags, the pacer, the sampler, putting the report together.
+//! - `churn.rs`: `--churn`: how sessions leave, the gateway's readings before and after, the
+//!   leak verdicts.
 //! - `session.rs`: roles, per-session results, the shared context and live counters.
 //! - `ws_mode.rs` / `express_mode.rs`: one simulated browser of each kind.
 //! - `control.rs`: the simulator's control API (scan, poll records).
@@ -17,6 +19,7 @@
 //! - `target.rs`: loopback checks, source addresses, bound connects.
 #![forbid(unsafe_code)]
 
+mod churn;
 mod control;
 mod express_mode;
 mod procfs;
@@ -124,6 +127,24 @@ struct Args {
     /// A name for this run in the report.
     #[arg(long)]
     label: Option<String>,
+    /// Churn (ws mode): every session leaves right after its first QR (see `--churn-mix`),
+    /// and the gateway is checked for leaks: RSS and fds (`--gateway-pid`), alive tasks and
+    /// active sessions (its `/metrics`), read once idle after the warm-up and again once
+    /// settled after the churn.
+    #[arg(long)]
+    churn: bool,
+    /// Churn: weights of the ways to leave, `close,drop,cancel`: a WebSocket Close, a dropped
+    /// TCP connection, `{"type":"cancel"}`.
+    #[arg(long, default_value = "80,10,10", value_parser = churn::parse_mix)]
+    churn_mix: churn::Mix,
+    /// Churn: the gateway's metrics (default: `/metrics` on the `--url` host and port).
+    /// `QRLINK_ADMIN_TOKEN` from the environment is sent if set.
+    #[arg(long)]
+    metrics_url: Option<String>,
+    /// Churn: how long to wait, after the warm-up and after the churn, for the gateway's active
+    /// sessions to reach 0 and (after) its tasks and fds to come back to the baseline.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -224,6 +245,9 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
         }
         None => None,
     };
+    if args.churn && args.mode != Mode::Ws {
+        return Err("--churn drives WebSocket sessions: ws mode only".to_owned());
+    }
     if sim.is_none() && (args.scan_after_ms.is_some() || args.hangup_sample > 0) {
         return Err("scans and hang-up measurements need --sim-url".to_owned());
     }
@@ -260,8 +284,12 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
     })
 }
 
-/// The role of session `i`: samples spread evenly, scans first.
+/// The role of session `i`: churn exits by the mix; otherwise samples spread evenly, scans
+/// first.
 fn role_of(args: &Args, i: u64) -> Role {
+    if args.churn {
+        return Role::Churn(args.churn_mix.exit_of(i));
+    }
     let every = |k: u64| (k > 0).then(|| (args.sessions / k).max(1));
     if args.scan_after_ms.is_some()
         && let Some(stride) = every(args.scan_sample)
@@ -281,6 +309,22 @@ fn role_of(args: &Args, i: u64) -> Role {
 
 async fn run(args: Args) -> Result<(), String> {
     let ctx = Arc::new(build_ctx(&args)?);
+    let gauges = if args.churn {
+        let url = match &args.metrics_url {
+            Some(u) => u.clone(),
+            None => format!("http://{}/metrics", ctx.target),
+        };
+        let parsed = url::Url::parse(&url).map_err(|e| format!("--metrics-url {url}: {e}"))?;
+        target::loopback_addr(&parsed)?;
+        if args.gateway_pid.is_none() {
+            eprintln!(
+                "qrlink-load: warning: without --gateway-pid the churn has no RSS or fd figures"
+            );
+        }
+        Some(churn::Gauges::new(url, args.gateway_pid)?)
+    } else {
+        None
+    };
     if let Some(limit) = procfs::open_files_limit() {
         let need = args.sessions.min(args.concurrency as u64) + 64;
         if need > limit {
@@ -303,7 +347,13 @@ async fn run(args: Args) -> Result<(), String> {
             &warm,
             args.warmup,
             (now, now + args.duration_limit),
-            &|_| Role::Hold,
+            &|i| {
+                if args.churn {
+                    role_of(&args, i)
+                } else {
+                    Role::Hold
+                }
+            },
             &AtomicU64::new(0),
         )
         .await;
@@ -316,8 +366,30 @@ async fn run(args: Args) -> Result<(), String> {
             "qrlink-load: warm-up: {} sessions, {failed} failed",
             run.started
         );
+        if let Some(g) = &gauges
+            && !g.wait_idle(args.drain_timeout).await.1
+        {
+            eprintln!("qrlink-load: warning: the gateway still has sessions after the warm-up");
+        }
         tokio::time::sleep(args.settle).await;
     }
+    // The churn's baseline: the gateway idle (no session), after the warm-up.
+    let churn_before = match &gauges {
+        Some(g) => {
+            let (state, idle) = g.wait_idle(args.drain_timeout).await;
+            if state.metrics.is_none() {
+                return Err(format!(
+                    "cannot read {}: --churn needs the gateway's metrics",
+                    g.url()
+                ));
+            }
+            if !idle {
+                eprintln!("qrlink-load: warning: the gateway is not idle before the churn");
+            }
+            Some(state)
+        }
+        None => None,
+    };
     let sample = |pid: Option<u32>, fds: bool| pid.and_then(|p| procfs::sample(p, fds).ok());
     let me = Some(std::process::id());
     let before = (
@@ -360,7 +432,14 @@ async fn run(args: Args) -> Result<(), String> {
         (run.results, run.started, run.last_start, run.aborted);
     let ended = Instant::now();
     ramping.store(false, Ordering::Relaxed);
-    tokio::time::sleep(args.settle).await;
+    // Churn: an event (the gateway idle, its tasks and fds back), not a fixed sleep.
+    let drain = match (&gauges, &churn_before) {
+        (Some(g), Some(before)) => Some(g.drain(before, args.drain_timeout).await),
+        _ => {
+            tokio::time::sleep(args.settle).await;
+            None
+        }
+    };
     sampler.abort();
     let after = (
         sample(args.gateway_pid, true),
@@ -411,6 +490,25 @@ async fn run(args: Args) -> Result<(), String> {
         None,
     ));
     report.timeline = readings.points;
+    if let (Some(g), Some(before), Some(drain)) = (&gauges, churn_before, drain) {
+        let figures = churn::RunFigures {
+            started: report.sessions.started,
+            ok: report.sessions.ok,
+            failed: report.sessions.failed,
+            aborted: report.sessions.aborted,
+            offered: report.rate.offered_per_s,
+            achieved: report.rate.achieved_per_s,
+            worst_second: report.rate.sustained_min_per_s,
+        };
+        report.churn = Some(churn::ChurnReport::new(
+            args.churn_mix,
+            g.url().to_owned(),
+            before,
+            drain,
+            readings.gateway_peak,
+            &figures,
+        ));
+    }
 
     let table = report.table();
     let json = serde_json::to_string_pretty(&report).expect("the report serializes");

@@ -200,6 +200,9 @@ pub struct Report {
     pub load_generator: Option<ProcReport>,
     /// The sampler's series (gateway figures when a pid was given).
     pub timeline: Vec<Point>,
+    /// `--churn`: the gateway before and after, and the leak verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<crate::churn::ChurnReport>,
 }
 
 fn row(out: &mut String, name: &str, s: &Stats) {
@@ -334,6 +337,9 @@ impl Report {
         }
         if let Some(p) = &self.load_generator {
             proc_lines(&mut out, "load generator", p);
+        }
+        if let Some(c) = &self.churn {
+            c.table(&mut out);
         }
         out
     }

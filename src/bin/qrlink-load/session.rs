@@ -17,6 +17,20 @@ pub enum Role {
     /// Hangs up `hangup_after` after its first QR, while the upstream long poll is in flight,
     /// and measures when the simulator saw the upstream request close.
     HangUp,
+    /// Churn: leaves right after its first QR, the way `Exit` says.
+    Churn(Exit),
+}
+
+/// How a churn session leaves once it has its first QR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Sends a WebSocket Close (1001, a closing tab) and waits for the gateway to close the
+    /// connection.
+    Close,
+    /// Drops the TCP connection without a word (a killed browser, a lost network).
+    Drop,
+    /// Sends `{"type":"cancel"}` and waits for the gateway's Close 1000.
+    Cancel,
 }
 
 /// How a session ended.
@@ -28,6 +42,10 @@ pub enum End {
     Account,
     /// `timeout` arrived: nobody scanned before the provider gave up.
     Timeout,
+    /// The client dropped its TCP connection (churn).
+    Dropped,
+    /// The client sent `cancel` and the gateway closed with 1000 (churn).
+    Cancelled,
     /// Anything else; the string is the error kind of the report.
     Failed(String),
     /// Still running when the duration limit struck.
@@ -41,6 +59,8 @@ impl End {
             End::HungUp => "hung_up",
             End::Account => "account",
             End::Timeout => "timeout",
+            End::Dropped => "dropped",
+            End::Cancelled => "cancelled",
             End::Failed(_) => "failed",
             End::Aborted => "aborted",
         }

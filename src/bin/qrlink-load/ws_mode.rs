@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::session::{Ctx, End, OpenGuard, Role, SessionResult, scan_outcome, unix_now_us};
+use crate::session::{Ctx, End, Exit, OpenGuard, Role, SessionResult, scan_outcome, unix_now_us};
 use crate::target;
 
 /// Client-side buffers: frames are a few KiB to a few tens of KiB, and thousands of sockets
@@ -129,9 +129,64 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
         Ok(Next::Close(code)) => return early(ctx, r, format!("closed_before_qr_{code}")),
         Ok(Next::Gone(kind)) => return early(ctx, r, format!("before_qr_{kind}")),
     }
+    if let Role::Churn(exit) = role {
+        let end = leave(ws, exit, step).await;
+        return r.ended(end);
+    }
     let first_qr = r.first_qr_at.unwrap_or(upgraded);
     let end = after_first_qr(ctx, &mut ws, &mut r, first_qr).await;
     r.ended(end)
+}
+
+/// A churn session leaves right after its first QR. Each way ends only when the connection is
+/// gone at both ends (or the step timeout strikes, which is a failure), so a gateway that does
+/// not let go of a socket shows up in the errors.
+async fn leave(mut ws: Ws, exit: Exit, step: Duration) -> End {
+    match exit {
+        Exit::Drop => {
+            drop(ws);
+            End::Dropped
+        }
+        Exit::Close => {
+            let frame = CloseFrame {
+                code: CloseCode::Away,
+                reason: "".into(),
+            };
+            if let Err(e) = ws.send(Message::Close(Some(frame))).await {
+                return End::Failed(format!("close_send_{}", ws_error_kind(&e)));
+            }
+            // The gateway drops the socket (its Close reply, if any, comes first).
+            match timeout(step, async { while ws.next().await.is_some() {} }).await {
+                Ok(()) => End::HungUp,
+                Err(_) => End::Failed("close_not_closed".to_owned()),
+            }
+        }
+        Exit::Cancel => {
+            if let Err(e) = ws.send(Message::text(r#"{"type":"cancel"}"#)).await {
+                return End::Failed(format!("cancel_send_{}", ws_error_kind(&e)));
+            }
+            loop {
+                match timeout(step, next(&mut ws)).await {
+                    // A QR rotation may cross the cancel.
+                    Ok(Next::Frame(frame, _)) if frame.kind == "qr" => continue,
+                    Ok(Next::Close(code)) if code == close::NORMAL => {
+                        let _ = timeout(step, async { while ws.next().await.is_some() {} }).await;
+                        return End::Cancelled;
+                    }
+                    Ok(Next::Close(code)) => {
+                        return End::Failed(format!("close_after_cancel_{code}"));
+                    }
+                    Ok(Next::Frame(frame, _)) => {
+                        return End::Failed(format!("frame_after_cancel_{}", frame.kind));
+                    }
+                    Ok(Next::Gone(kind)) => {
+                        return End::Failed(format!("no_close_after_cancel_{kind}"));
+                    }
+                    Err(_) => return End::Failed("cancel_timeout".to_owned()),
+                }
+            }
+        }
+    }
 }
 
 fn early(ctx: &Ctx, r: SessionResult, kind: String) -> SessionResult {
@@ -146,6 +201,7 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
                 Role::Hold => ctx.hold,
                 Role::Scan => ctx.scan_after,
                 Role::HangUp => ctx.hangup_after,
+                Role::Churn(_) => Duration::ZERO,
             },
     );
     let mut scan: Option<JoinHandle<Result<(), String>>> = None;
@@ -155,7 +211,7 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
             () = sleep_until(timer.unwrap_or(qr_at).into()), if timer.is_some() => {
                 timer = None;
                 match r.role {
-                    Role::Hold => {
+                    Role::Hold | Role::Churn(_) => {
                         hang_up(ws, true, ctx.step_timeout).await;
                         return End::HungUp;
                     }
