@@ -9,6 +9,7 @@
 //! - [`config`]: flags and environment variables (`--help` text lives there).
 //! - [`gateway`]: shared state, the router, `serve` with an owned graceful shutdown.
 //! - [`ws`]: the `/ws/link/{provider}` socket loop; carries frames, decides nothing upstream.
+//! - [`ws_upgrade`]: the WebSocket upgrade of `/ws/link/{provider}` (tokio-tungstenite directly).
 //! - [`link`]: one link attempt, the checkpoint loop, as a plain async function over a channel.
 //! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries.
 //! - [`sessions`]: the registry of open attempts (DashMap behind a drop guard).
@@ -39,6 +40,7 @@ pub mod telemetry;
 pub mod upstream;
 pub mod watch;
 pub mod ws;
+pub mod ws_upgrade;
 
 pub use config::Config;
 pub use gateway::Gateway;
