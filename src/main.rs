@@ -8,6 +8,13 @@ use qrlink::simulator::{Simulator, SimulatorConfig};
 use qrlink::{Gateway, telemetry};
 use tokio::net::TcpListener;
 
+/// mimalloc instead of glibc's malloc: per session it costs the same, but after a burst of
+/// sessions it returns the memory to the system, where glibc keeps its high-water mark
+/// (100,000 sessions opened and closed: RSS 1.13–1.28× the start with glibc, 1.04× with
+/// mimalloc; benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Like Unipile's Node and Python samples, settings may come from a `.env` file.
