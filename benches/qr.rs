@@ -1,4 +1,5 @@
-//! QR rendering cost for a WhatsApp-sized payload (225 characters, version 11 at level M).
+//! QR rendering cost for a WhatsApp-sized payload (225 characters, version 11 at level M), and
+//! the size of its SVG over many such payloads (issue #6: at most 5 KiB).
 //!
 //! `cargo bench --bench qr -- --warm-up-time 1 --measurement-time 3`
 
@@ -22,6 +23,31 @@ fn whatsapp_like() -> String {
     payload
 }
 
+/// A WhatsApp link payload as the phone reads it: `2@` and a reference, then three
+/// comma-separated base64 keys, 225 characters, from deterministic noise seeded with `seed`.
+fn whatsapp_link(seed: u64) -> String {
+    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut noise = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(BASE64[(state % 64) as usize])
+            })
+            .collect()
+    };
+    let mut payload = format!("2@{}", noise(88));
+    for _ in 0..3 {
+        payload.push(',');
+        payload.push_str(&noise(43));
+        payload.push('=');
+    }
+    payload.truncate(225);
+    payload
+}
+
 fn benches(c: &mut Criterion) {
     let payload = whatsapp_like();
     let svg = qr::render_svg(&payload).expect("encodable");
@@ -31,6 +57,20 @@ fn benches(c: &mut Criterion) {
         qr::encode(&payload).expect("encodable").width(),
         svg.len(),
         text.len()
+    );
+    let mut sizes: Vec<usize> = (1..=200)
+        .map(|seed| {
+            qr::render_svg(&whatsapp_link(seed))
+                .expect("encodable")
+                .len()
+        })
+        .collect();
+    sizes.sort_unstable();
+    println!(
+        "SVG of 200 WhatsApp link payloads: min {} median {} max {} bytes",
+        sizes[0],
+        sizes[sizes.len() / 2],
+        sizes[sizes.len() - 1]
     );
 
     c.bench_function("encode_225", |b| b.iter(|| qr::encode(black_box(&payload))));
