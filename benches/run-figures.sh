@@ -12,7 +12,10 @@
 # HOLD_RATE (500, the hold and express scenarios),
 # BIN (target/release), OUT (a new folder under /tmp/qrlink-bench), GW_ENV (extra environment
 # for the gateway, e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"), GW_ARGS
-# (extra gateway flags), LOAD_ARGS (extra qrlink-load flags, e.g. "--settle 12s"). Loopback only; needs `ulimit -n 20000` to be allowed (it raises it).
+# (extra gateway flags), UPSTREAM_HTTP (the gateway's --upstream-http, 2: streams on a few
+# HTTP/2 connections to the simulator; 1.1 for a connection per pending poll), LOAD_ARGS
+# (extra qrlink-load flags, e.g. "--settle 12s"). Loopback only; needs `ulimit -n 20000` to be
+# allowed (it raises it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 20000
@@ -57,7 +60,8 @@ start_gateway() {
   env RUST_LOG=warn ${GW_ENV:-} "$BIN/qrlink" --listen 127.0.0.1:3000 \
     --unipile-api-url "$SIM_URL" --unipile-api-key k \
     --max-sessions 100000 --max-sessions-per-ip 100000 \
-    --sessions-per-ip-per-minute 100000000 ${GW_ARGS:-} >>"$OUT/gateway.log" 2>&1 &
+    --sessions-per-ip-per-minute 100000000 --upstream-http "${UPSTREAM_HTTP:-2}" ${GW_ARGS:-} \
+    >>"$OUT/gateway.log" 2>&1 &
   GW=$!
   wait_port 3000
 }

@@ -11,7 +11,8 @@
 //! - [`ws`]: the `/ws/link/{provider}` socket loop; carries frames, decides nothing upstream.
 //! - [`ws_upgrade`]: the WebSocket upgrade of `/ws/link/{provider}` (tokio-tungstenite directly).
 //! - [`link`]: one link attempt, the checkpoint loop, as a plain async function over a channel.
-//! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries.
+//! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries; HTTP/1.1 over
+//!   reqwest, or HTTP/2 streams on its own small pool of connections (`upstream/h2pool.rs`).
 //! - [`sessions`]: the registry of open attempts (DashMap behind a drop guard).
 //! - [`protocol`]: wire frames, error and close codes, limits.
 //! - [`qr`]: QR encoding and SVG / terminal rendering, pure functions.
