@@ -48,10 +48,10 @@ const FRAME_QUEUE: usize = 4;
 const CODE_QUEUE: usize = 2;
 /// How long to wait for the client's Close after ours before dropping the connection.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
-/// Initial read buffer per socket. Clients send a few bytes (`cancel`, a 2FA code); the
-/// tungstenite default (128 KiB) would dominate the memory of an idle session. It grows for a
-/// larger message, up to [`MAX_CLIENT_MESSAGE_BYTES`].
-const READ_BUFFER: usize = 1024;
+/// Initial read buffer per socket. Clients send a few bytes (`cancel` is 23 on the wire, a 2FA
+/// code about 60, a pong 6); the tungstenite default (128 KiB) would dominate the memory of an
+/// idle session. It grows for a larger message, up to [`MAX_CLIENT_MESSAGE_BYTES`].
+const READ_BUFFER: usize = 256;
 /// Outgoing bytes buffered per socket before a send fails: a few QR frames. A client that stops
 /// reading hits this or the send timeout and is disconnected.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
