@@ -88,6 +88,10 @@ pub struct LinkRequest {
 /// and a pointer-sized slot keeps that allocation small for every open session.
 pub type Frames = mpsc::Sender<Box<ServerFrame>>;
 
+/// Where a link attempt receives the client's checkpoint answers; boxed for the same reason
+/// (a `String` slot would make the block 768 bytes for a channel most sessions never use).
+pub type Codes = mpsc::Receiver<Box<String>>;
+
 /// `send` with the boxing done here, so call sites read as plain sends.
 trait SendBoxed {
     async fn send_boxed(&self, frame: ServerFrame) -> Result<(), ()>;
@@ -102,12 +106,7 @@ impl SendBoxed for Frames {
 /// Runs one link attempt to its end. Non-terminal frames (`qr`, `checkpoint`) and finally
 /// exactly one terminal frame are sent into `frames`; `codes` carries the client's answers to
 /// checkpoints. Returns early, sending nothing more, if either channel's other end is gone.
-pub async fn run(
-    upstream: &UnipileClient,
-    req: &LinkRequest,
-    frames: Frames,
-    mut codes: mpsc::Receiver<String>,
-) {
+pub async fn run(upstream: &UnipileClient, req: &LinkRequest, frames: Frames, mut codes: Codes) {
     let intent = IntentRequest {
         provider: req.provider.clone(),
         account_id: req.account_id.clone(),
@@ -202,7 +201,7 @@ pub async fn run(
 /// None when the client is gone.
 async fn ask(
     frames: &Frames,
-    codes: &mut mpsc::Receiver<String>,
+    codes: &mut Codes,
     checkpoint: &Value,
     error: Option<CheckpointError>,
 ) -> Option<String> {
@@ -213,7 +212,7 @@ async fn ask(
         error,
     };
     frames.send_boxed(frame).await.ok()?;
-    codes.recv().await
+    codes.recv().await.map(|code| *code)
 }
 
 fn qr_frame(
