@@ -23,30 +23,9 @@ fn whatsapp_like() -> String {
     payload
 }
 
-/// A WhatsApp link payload as the phone reads it: `2@` and a reference, then three
-/// comma-separated base64 keys, 225 characters, from deterministic noise seeded with `seed`.
-fn whatsapp_link(seed: u64) -> String {
-    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut noise = |len: usize| -> String {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                char::from(BASE64[(state % 64) as usize])
-            })
-            .collect()
-    };
-    let mut payload = format!("2@{}", noise(88));
-    for _ in 0..3 {
-        payload.push(',');
-        payload.push_str(&noise(43));
-        payload.push('=');
-    }
-    payload.truncate(225);
-    payload
-}
+#[path = "../src/qr/sample.rs"]
+mod sample;
+use sample::whatsapp_link;
 
 fn benches(c: &mut Criterion) {
     let payload = whatsapp_like();

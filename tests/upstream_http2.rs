@@ -34,6 +34,19 @@ async fn open(gw: &TestGateway, n: usize) -> Vec<(WsClient, String)> {
     clients
 }
 
+/// Reads to the close: the account is the last frame, then close 1000.
+async fn ends_with_the_account(client: &mut WsClient) {
+    let (frames, code) = frames_until_close(client).await;
+    assert!(
+        matches!(
+            frames.last().map(|f| &f.frame),
+            Some(ServerFrame::Account { .. })
+        ),
+        "expected the account last, got {frames:?}"
+    );
+    assert_eq!(code, close::NORMAL);
+}
+
 /// Waits until every intent has a long poll in flight upstream.
 async fn wait_for_pending_polls(gw: &TestGateway, intents: &[String]) {
     for intent in intents {
@@ -58,15 +71,7 @@ async fn fifty_concurrent_attempts_share_one_upstream_connection_and_each_links_
     for (mut client, intent) in clients {
         gw.sim().scan(&intent).unwrap();
         finished.push(tokio::spawn(async move {
-            let (frames, code) = frames_until_close(&mut client).await;
-            assert!(
-                matches!(
-                    frames.last().map(|f| &f.frame),
-                    Some(ServerFrame::Account { .. })
-                ),
-                "expected the account last, got {frames:?}"
-            );
-            assert_eq!(code, close::NORMAL);
+            ends_with_the_account(&mut client).await;
         }));
     }
     for f in finished {
@@ -145,15 +150,7 @@ async fn a_hang_up_resets_only_its_own_stream_within_100ms() {
             .any(|p| p.intent_id == stays_intent && p.outcome == PollOutcome::Pending)
     );
     gw.sim().scan(&stays_intent).unwrap();
-    let (frames, code) = frames_until_close(&mut stays).await;
-    assert!(
-        matches!(
-            frames.last().map(|f| &f.frame),
-            Some(ServerFrame::Account { .. })
-        ),
-        "{frames:?}"
-    );
-    assert_eq!(code, close::NORMAL);
+    ends_with_the_account(&mut stays).await;
     assert_eq!(gw.sim().connections_accepted(), 1);
     gw.wait_for_no_sessions().await;
 }
@@ -179,14 +176,6 @@ async fn transient_failures_are_retried_over_the_same_connection() {
         .await
         .expect("a second poll in flight after the 502");
     gw.sim().scan(&qr.intent_id).unwrap();
-    let (frames, code) = frames_until_close(&mut client).await;
-    assert!(
-        matches!(
-            frames.last().map(|f| &f.frame),
-            Some(ServerFrame::Account { .. })
-        ),
-        "{frames:?}"
-    );
-    assert_eq!(code, close::NORMAL);
+    ends_with_the_account(&mut client).await;
     assert_eq!(gw.sim().connections_accepted(), 1);
 }

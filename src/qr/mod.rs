@@ -13,6 +13,8 @@ use qrcode::EcLevel;
 use qrcode::canvas::Canvas;
 
 mod mask;
+#[cfg(test)]
+mod sample;
 mod svg;
 
 /// Light modules drawn around the symbol on every side, as the QR specification requires; without
