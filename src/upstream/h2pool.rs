@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -41,7 +41,7 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call could not be made; none of these carries a URL, a header or a body.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
     /// TCP connect, TLS handshake or HTTP/2 handshake failed or timed out.
     #[error("connection failed")]
@@ -108,8 +108,9 @@ struct Inner {
     connect_timeout: Duration,
     streams_per_connection: usize,
     conns: std::sync::Mutex<Vec<Arc<Conn>>>,
-    /// Held while a connection is being opened, so a burst opens one, not one per call.
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while a connection is being opened, so a burst opens one, not one per call; holds
+    /// when the last attempt failed, and how.
+    connecting: tokio::sync::Mutex<Option<(Instant, PoolError)>>,
 }
 
 struct Conn {
@@ -137,7 +138,7 @@ impl H2Pool {
                 connect_timeout,
                 streams_per_connection: streams_per_connection.max(1),
                 conns: std::sync::Mutex::new(Vec::new()),
-                connecting: tokio::sync::Mutex::new(()),
+                connecting: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -168,13 +169,28 @@ impl H2Pool {
         if let Some(lease) = self.try_lease() {
             return Ok(lease);
         }
-        let _one_at_a_time = self.inner.connecting.lock().await;
+        let asked = Instant::now();
+        let mut last_failure = self.inner.connecting.lock().await;
         if let Some(lease) = self.try_lease() {
             return Ok(lease);
         }
+        // A connect that failed while this call waited answers for it too: against an upstream
+        // that black-holes connections, each waiting call would otherwise sit out a whole
+        // connect timeout in turn. The caller's retry policy decides when to try again.
+        if let Some((at, error)) = *last_failure
+            && at >= asked
+        {
+            return Err(error);
+        }
         // Boxed: the TLS and HTTP/2 handshakes' state is kilobytes, and without the box every
         // pending call's future would be that large for its whole life.
-        let sender = Box::pin(self.open()).await?;
+        let sender = match Box::pin(self.open()).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                *last_failure = Some((Instant::now(), error));
+                return Err(error);
+            }
+        };
         let conn = Arc::new(Conn {
             sender,
             in_flight: AtomicUsize::new(1),
@@ -358,6 +374,48 @@ mod tests {
             assert!(matches!(err, PoolError::NoH2), "{alpn:?}: {err:?}");
             assert!(err.to_string().contains("--upstream-http 1.1"));
         }
+    }
+
+    #[tokio::test]
+    async fn calls_waiting_on_a_connect_that_fails_fail_with_it_instead_of_trying_in_turn() {
+        // A server that accepts TCP and never speaks: each TLS handshake runs into the connect
+        // timeout. (Over plain TCP hyper's HTTP/2 handshake does not wait for the server.)
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let target = Target {
+            host: "localhost".into(),
+            port,
+            tls: Some(tls_connector(rustls::RootCertStore::empty())),
+        };
+        let pool = H2Pool::new(target, Duration::from_millis(300), 100);
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let req = Request::post(format!("https://localhost:{port}/"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    pool.send(req).await.err()
+                })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), Some(PoolError::Connect));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connect for five waiting calls"
+        );
     }
 
     #[tokio::test]
