@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TWOFA, TestGateway, WsClient, frames_until_close, sim_config};
+use common::{TWOFA, TestGateway, WsClient, ends_with_the_account, frames_until_close, sim_config};
 use qrlink::protocol::{ServerFrame, close};
 use serde_json::json;
 
@@ -212,15 +212,7 @@ async fn two_hundred_concurrent_attempts_each_get_their_own_qr_and_end_cleanly()
     for (mut client, qr) in clients {
         gw.sim().scan(&qr.intent_id).unwrap();
         finished.push(tokio::spawn(async move {
-            let (frames, code) = frames_until_close(&mut client).await;
-            assert!(
-                matches!(
-                    frames.last().map(|f| &f.frame),
-                    Some(ServerFrame::Account { .. })
-                ),
-                "expected the account last, got {frames:?}"
-            );
-            assert_eq!(code, close::NORMAL);
+            ends_with_the_account(&mut client).await;
         }));
     }
     for f in finished {

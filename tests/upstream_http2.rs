@@ -8,8 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, WAIT, WsClient, frames_until_close, sim_config};
-use qrlink::protocol::{ServerFrame, close};
+use common::{TestGateway, WAIT, WsClient, ends_with_the_account, sim_config};
 use qrlink::simulator::{Endpoint, Fault, PollOutcome};
 
 const HTTP2: &[&str] = &["--upstream-http", "2"];
@@ -32,19 +31,6 @@ async fn open(gw: &TestGateway, n: usize) -> Vec<(WsClient, String)> {
         clients.push(t.await.unwrap());
     }
     clients
-}
-
-/// Reads to the close: the account is the last frame, then close 1000.
-async fn ends_with_the_account(client: &mut WsClient) {
-    let (frames, code) = frames_until_close(client).await;
-    assert!(
-        matches!(
-            frames.last().map(|f| &f.frame),
-            Some(ServerFrame::Account { .. })
-        ),
-        "expected the account last, got {frames:?}"
-    );
-    assert_eq!(code, close::NORMAL);
 }
 
 /// Waits until every intent has a long poll in flight upstream.

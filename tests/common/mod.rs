@@ -303,6 +303,19 @@ pub async fn frames_until_close(client: &mut WsClient) -> (Vec<Envelope>, u16) {
     }
 }
 
+/// Reads to the close: the account is the last frame, then close 1000.
+pub async fn ends_with_the_account(client: &mut WsClient) {
+    let (frames, code) = frames_until_close(client).await;
+    assert!(
+        matches!(
+            frames.last().map(|f| &f.frame),
+            Some(ServerFrame::Account { .. })
+        ),
+        "expected the account last, got {frames:?}"
+    );
+    assert_eq!(code, qrlink::protocol::close::NORMAL);
+}
+
 /// A gateway in demo mode (no API key) on 127.0.0.1:0: it mounts the embedded simulator under
 /// `/simulator` and calls it over HTTP itself, as `cargo run` does; shuts down when dropped.
 pub struct DemoGateway {
