@@ -9,23 +9,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use qrcode::{EcLevel, QrCode};
 use qrlink::qr;
 
-/// `2@` then deterministic base64 noise, like a WhatsApp link QR.
-fn whatsapp_like() -> String {
-    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut payload = String::from("2@");
-    while payload.len() < 225 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        payload.push(char::from(BASE64[(state % 64) as usize]));
-    }
-    payload
-}
-
 #[path = "../src/qr/sample.rs"]
 mod sample;
-use sample::whatsapp_link;
+use sample::{whatsapp_like, whatsapp_link};
 
 fn benches(c: &mut Criterion) {
     let payload = whatsapp_like();

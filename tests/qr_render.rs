@@ -2,9 +2,12 @@
 //! turned back into pixels, then decoded with rqrr, and must give back the exact payload.
 
 mod common;
+#[path = "../src/qr/sample.rs"]
+mod sample;
 
 use common::scan::{scan_svg, scan_text};
 use qrlink::qr::{self, QUIET_ZONE, QrError};
+use sample::base64_noise;
 
 /// A WhatsApp-like payload: `2@`, a reference, then three comma-separated base64 keys, 225
 /// characters in all.
@@ -36,20 +39,6 @@ fn google_messages() -> String {
 
 fn demo() -> String {
     "http://127.0.0.1:3000/simulator/scan/acc_7Hq2mZ9xKp4Lw1Ns?c=Yb3dQ8vRt6Jk0PfWs5Xe".to_owned()
-}
-
-/// Deterministic base64 characters (xorshift), so failures reproduce.
-fn base64_noise(seed: u64, len: usize) -> String {
-    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(BASE64[(state % 64) as usize])
-        })
-        .collect()
 }
 
 /// Decodes the single QR code in a greyscale image.

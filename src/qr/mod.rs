@@ -135,19 +135,7 @@ impl QrMatrix {
 mod tests {
     use super::*;
 
-    /// A WhatsApp-like payload: `2@` then base64, 225 characters.
-    pub(super) fn whatsapp_like() -> String {
-        const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut payload = String::from("2@");
-        while payload.len() < 225 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            payload.push(char::from(BASE64[(state % 64) as usize]));
-        }
-        payload
-    }
+    use super::sample::whatsapp_like;
 
     /// Short and long payloads of every kind, from version 1 to version 40.
     pub(super) fn payloads() -> Vec<String> {

@@ -724,7 +724,8 @@ fn push_int(out: &mut Vec<u8>, value: i32) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{payloads, whatsapp_like};
+    use super::super::sample::whatsapp_like;
+    use super::super::tests::payloads;
     use super::super::{encode, render_svg};
     use super::*;
 
