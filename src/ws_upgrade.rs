@@ -115,11 +115,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !version_13 {
             return Err(Rejection::InvalidWebSocketVersionHeader);
         }
-        let offered = headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|p| HeaderValue::from_bytes(p.trim_ascii()).ok())
+        let offered = entries(headers, header::SEC_WEBSOCKET_PROTOCOL)
+            .filter_map(|p| HeaderValue::from_bytes(p).ok())
             .collect();
         let on_upgrade = parts
             .extensions
@@ -134,13 +131,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     }
 }
 
-/// Whether a comma-separated header (every occurrence) lists `token`, ignoring case.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// The entries of a comma-separated header, every occurrence, trimmed.
+fn entries(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(name)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Whether a comma-separated header (every occurrence) lists `token`, ignoring case.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    entries(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 impl Upgrade {
