@@ -196,17 +196,8 @@ impl Gateway {
                     tracing::warn!(open = state.tracker.len(), "sessions still open after the grace period");
                     break;
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors, usually: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = crate::net::accept(&listener, "gateway") => accepted,
             };
-            let _ = stream.set_nodelay(true);
             let service = match make_service.call(peer).await {
                 Ok(s) => s,
                 Err(never) => match never {},

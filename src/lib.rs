@@ -18,6 +18,7 @@
 //! - [`qr`]: QR encoding and SVG / terminal rendering, pure functions.
 //! - [`simulator`]: the embedded Unipile simulator (demo mode, tests, `qrlink simulate`).
 //! - [`assets`]: the embedded pages of `web/`.
+//! - [`net`]: TCP accept with back-off, for the gateway's and the simulator's accept loops.
 //! - [`auth`]: Origin allowlist, connect tokens, admin token, client address behind proxies.
 //! - [`limits`]: admission limits (overall, per address, per minute).
 //! - [`watch`]: the `/ws/watch` socket for dashboards.
@@ -33,6 +34,7 @@ pub mod gateway;
 pub mod limits;
 pub mod link;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod qr;
 pub mod sessions;

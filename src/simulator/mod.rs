@@ -257,17 +257,8 @@ impl Simulator {
         loop {
             let stream = tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors, usually: back off instead of spinning.
-                        tracing::warn!(error = %e, "simulator: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                (stream, _) = crate::net::accept(&listener, "simulator") => stream,
             };
-            let _ = stream.set_nodelay(true);
             self.inner.connections.fetch_add(1, Ordering::Relaxed);
             let service = TowerToHyperService::new(router.clone());
             let conn = builder
