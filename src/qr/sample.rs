@@ -1,4 +1,4 @@
-//! Payloads for the QR tests, `tests/qr_render.rs` and `benches/qr.rs` (both include this file
+//! Payloads for the QR tests, `tests/integration/qr_render.rs` and `benches/qr.rs` (both include this file
 //! by path), so the size and speed figures are measured on the strings the tests check.
 
 // Each crate that includes this file uses its own part of it.

@@ -1,10 +1,10 @@
 //! When the browser goes, the upstream work stops at once and the session leaves the registry.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, WAIT};
+use crate::common::{TestGateway, WAIT};
 use qrlink::protocol::close;
 use qrlink::simulator::PollOutcome;
 

@@ -1,8 +1,8 @@
 //! Upstream failures reach the browser as the right frame, or not at all when a retry hides them.
 
-mod common;
+use crate::common;
 
-use common::{TestGateway, frames_until_close};
+use crate::common::{TestGateway, frames_until_close};
 use qrlink::protocol::{ServerFrame, close, message_for};
 use qrlink::simulator::{Endpoint, Fault, PollOutcome};
 

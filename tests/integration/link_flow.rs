@@ -1,11 +1,13 @@
 //! The QR flow end to end: gateway and simulator over real TCP, a real WebSocket client.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TWOFA, TestGateway, WsClient, ends_with_the_account, frames_until_close, sim_config};
+use crate::common::{
+    TWOFA, TestGateway, WsClient, ends_with_the_account, frames_until_close, sim_config,
+};
 use qrlink::protocol::{ServerFrame, close};
 use serde_json::json;
 

@@ -1,10 +1,10 @@
 //! The plain HTTP side: health, readiness, providers, sessions, the embedded page, demo mode.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{TestGateway, WAIT, WsClient, frames_until_close};
+use crate::common::{TestGateway, WAIT, WsClient, frames_until_close};
 use qrlink::protocol::ServerFrame;
 use qrlink::{Config, Gateway};
 use tokio::net::TcpListener;

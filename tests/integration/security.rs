@@ -1,11 +1,9 @@
 //! Who may open a link attempt, and what no client can do to the gateway. Every check goes
 //! through the real socket.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{API_KEY, TestGateway, WAIT, WsClient, frames_until_close, sim_config};
+use crate::common::{API_KEY, TestGateway, WAIT, WsClient, frames_until_close, sim_config};
 use qrlink::auth::{Claims, mint, now_secs};
 use qrlink::protocol::{ServerFrame, close};
 use qrlink::simulator::PollOutcome;

@@ -1,10 +1,8 @@
 //! Dashboards: `/ws/watch` events, operator cancel, metrics, readiness.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestGateway, WAIT, WsClient, frames_until_close, sim_config};
+use crate::common::{TestGateway, WAIT, WsClient, frames_until_close, sim_config};
 use serde_json::Value;
 
 async fn event(watcher: &mut WsClient) -> Value {

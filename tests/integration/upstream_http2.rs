@@ -3,12 +3,10 @@
 //! QRs, scans, retries, and a hang-up that ends its own upstream call at once — only its stream
 //! is reset, the connection and the other sessions on it go on.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, WAIT, WsClient, ends_with_the_account, sim_config};
+use crate::common::{TestGateway, WAIT, WsClient, ends_with_the_account, sim_config};
 use qrlink::simulator::{Endpoint, Fault, PollOutcome};
 
 const HTTP2: &[&str] = &["--upstream-http", "2"];

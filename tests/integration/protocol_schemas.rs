@@ -3,12 +3,12 @@
 //! Schemas in `web/schema/`; so do the client messages the tests send and every `/ws/watch`
 //! event; and the AsyncAPI document and TypeScript definitions name what the schemas define.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use common::{RawNext, TWOFA, TestGateway, WsClient, texts_until_close};
+use crate::common::{RawNext, TWOFA, TestGateway, WsClient, texts_until_close};
 use jsonschema::{Retrieve, Uri, ValidatorMap};
 use qrlink::protocol::{ClientFrame, Envelope, ErrorFrame, QrFrame, ServerFrame, codes};
 use qrlink::simulator::{Endpoint, Fault};

@@ -1,12 +1,10 @@
 //! The real binary: SIGTERM during open sessions, and what its logs may never contain.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{API_KEY, TestSimulator, WAIT, WsClient, frames_until_close, sim_config};
+use crate::common::{API_KEY, TestSimulator, WAIT, WsClient, frames_until_close, sim_config};
 use qrlink::auth::{Claims, mint, now_secs};
 use qrlink::protocol::{ServerFrame, close};
 use tokio::io::{AsyncBufReadExt, BufReader};

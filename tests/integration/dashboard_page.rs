@@ -7,12 +7,10 @@
 //! at once; screenshots in `target/screenshots/<test>*.png`; without a browser the tests skip,
 //! except on CI).
 
-mod common;
-
 use std::time::Duration;
 
-use common::browser::{self, Page, PageKind};
-use common::{TestGateway, WsClient, sim_config};
+use crate::common::browser::{self, Page, PageKind};
+use crate::common::{TestGateway, WsClient, sim_config};
 use qrlink::protocol::{ServerFrame, close};
 use serde::Deserialize;
 use serde_json::json;

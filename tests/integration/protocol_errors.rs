@@ -1,8 +1,6 @@
 //! Bad input from a client gets an error frame and the right close code, never a panic or hang.
 
-mod common;
-
-use common::{Next, TestGateway};
+use crate::common::{Next, TestGateway};
 use qrlink::protocol::{MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;

@@ -1,11 +1,11 @@
 //! The load generator of issue #6 (`qrlink-load`) runs against a real gateway and simulator and
 //! writes a report whose figures make sense.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{TestGateway, WAIT};
+use crate::common::{TestGateway, WAIT};
 use serde_json::Value;
 
 /// The gateways of these tests live in this process, whose fds (and the process-global

@@ -2,13 +2,11 @@
 //! §5.4) so the gateway's per-socket out buffer stays small; clients still get whole messages.
 //! The raw client here does the HTTP upgrade by hand and reads frames as they are on the wire.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{TestGateway, WAIT, sim_config};
+use crate::common::{TestGateway, WAIT, sim_config};
 use qrlink::protocol::{Envelope, ServerFrame, close};
 use qrlink::ws::FRAGMENT_SIZE;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};

@@ -1,11 +1,10 @@
 //! The rendered QR codes scan: each SVG is rasterized with resvg and each text rendering is
 //! turned back into pixels, then decoded with rqrr, and must give back the exact payload.
 
-mod common;
-#[path = "../src/qr/sample.rs"]
+#[path = "../../src/qr/sample.rs"]
 mod sample;
 
-use common::scan::{scan_svg, scan_text};
+use crate::common::scan::{scan_svg, scan_text};
 use qrlink::qr::{self, QUIET_ZONE, QrError};
 use sample::base64_noise;
 

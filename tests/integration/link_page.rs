@@ -10,14 +10,12 @@
 //! Without `chromium` or `chromedriver` the tests say why and pass, unless `CI` is set: CI
 //! installs both (`.ci/run`), so there a missing browser is a failure.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::browser::{self, Page, PageKind};
-use common::{DemoGateway, TWOFA, TestGateway, sim_config};
+use crate::common::browser::{self, Page, PageKind};
+use crate::common::{DemoGateway, TWOFA, TestGateway, sim_config};
 use fantoccini::key::Key;
 use qrlink::simulator::{Endpoint, Fault};
 use serde_json::{Value, json};
