@@ -87,6 +87,11 @@ pub struct SimulateArgs {
     /// QR codes issued before `provider/timeout`.
     #[arg(long, default_value_t = 5)]
     pub qr_count: u32,
+    /// Runtime threads: 1 (the default) serves everything from one thread, which costs the
+    /// least CPU per request (no wake-ups across threads) and leaves the other cores to the
+    /// gateway under test; 0 takes one worker per core.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// Settings of the gateway (`qrlink serve`).

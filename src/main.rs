@@ -15,20 +15,35 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // Like Unipile's Node and Python samples, settings may come from a `.env` file.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(config)) => serve(*config).await,
-        Some(Command::Simulate(args)) => simulate(args).await,
+        None => runtime(0)?.block_on(serve(cli.serve)),
+        Some(Command::Serve(config)) => runtime(0)?.block_on(serve(*config)),
+        Some(Command::Simulate(args)) => runtime(args.threads)?.block_on(simulate(args)),
         Some(Command::Token(args)) => {
             token(args);
             Ok(())
         }
     }
+}
+
+/// A tokio runtime: one worker per core (or `TOKIO_WORKER_THREADS`) for `threads` 0, a
+/// current-thread runtime for 1, else that many workers.
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }
 
 /// Prints a connect token: `websocat "ws://…/ws/link/whatsapp?token=$(qrlink token --sub u1)"`.
