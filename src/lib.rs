@@ -10,6 +10,7 @@
 //! - [`gateway`]: shared state, the router, `serve` with an owned graceful shutdown.
 //! - [`ws`]: the `/ws/link/{provider}` socket loop; carries frames, decides nothing upstream.
 //! - [`ws_upgrade`]: the WebSocket upgrade of `/ws/link/{provider}` (tokio-tungstenite directly).
+//! - [`coalesce`]: gathers a socket's writes between flushes into one system call.
 //! - [`link`]: one link attempt, the checkpoint loop, as a plain async function over a channel.
 //! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries; HTTP/1.1 over
 //!   reqwest, or HTTP/2 streams on its own small pool of connections (`upstream/h2pool.rs`).
@@ -29,6 +30,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod gateway;
 pub mod limits;

@@ -19,8 +19,11 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-/// The socket an upgraded connection becomes.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+use crate::coalesce::Coalesce;
+
+/// The socket an upgraded connection becomes: writes between flushes leave together
+/// ([`Coalesce`]), so a fragmented `qr` message is one system call and one TCP segment.
+pub type Socket = WebSocketStream<Coalesce<TokioIo<Upgraded>>>;
 
 /// Extractor for a WebSocket upgrade request (RFC 6455 §4.2.1).
 #[must_use = "the upgrade happens only when `on_upgrade`'s response is returned"]
@@ -175,7 +178,7 @@ impl Upgrade {
                 }
             };
             let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                Coalesce::new(TokioIo::new(upgraded)),
                 Role::Server,
                 Some(config),
             )
