@@ -1,16 +1,16 @@
 //! QR codes for the link page and for terminals: [`render_svg`] draws a compact standalone SVG
 //! document, [`render_text`] draws Unicode half blocks. Both are pure functions of the payload.
 //!
-//! Encoding is always at error correction level M with the `qrcode` crate's optimal segmentation,
-//! Reed–Solomon codewords and module placement. The mask is chosen in `qr/mask.rs`, by a
-//! bit-parallel scorer that picks the same mask as `qrcode` at a fraction of its cost, so the
-//! symbol is `qrcode`'s own, module for module. The SVG is written by `qr/svg.rs`: one stroked
-//! path of horizontal and vertical lines, about 4.5 KiB for a 225-character WhatsApp payload (at
-//! most 5 KiB, which a unit test holds it to). Encoding and writing take about 110 µs together on
-//! an idle machine, half of it each (`benches/qr.rs`).
+//! Encoding is always at error correction level M with the `qrcode` crate's optimal segmentation
+//! and function patterns. The Reed–Solomon codewords are computed here (the same codewords,
+//! without `qrcode`'s vectors per block), and the modules are placed and the mask is chosen in
+//! `qr/mask.rs`, by a bit-parallel scorer that picks the same mask as `qrcode` at a fraction of
+//! its cost, so the symbol is `qrcode`'s own, module for module (unit tests compare both). The
+//! SVG is written by `qr/svg.rs`: one stroked path of horizontal and vertical lines, about
+//! 4.5 KiB for a 225-character WhatsApp payload (at most 5 KiB, which a unit test holds it to).
+//! Encoding a 225-character payload takes about 22 µs (`benches/qr.rs`, `encode_225`).
 
-use qrcode::EcLevel;
-use qrcode::canvas::Canvas;
+use qrcode::{EcLevel, Version};
 
 mod mask;
 #[cfg(test)]
@@ -55,14 +55,178 @@ pub struct QrMatrix {
 /// by a phone, without the larger symbol that Q or H would need for a 200-character payload.
 pub fn encode(data: &str) -> Result<QrMatrix, QrError> {
     let bits = qrcode::bits::encode_auto(data.as_bytes(), EcLevel::M)?;
-    let version = bits.version();
-    let (data_codewords, ec_codewords) =
-        qrcode::ec::construct_codewords(&bits.into_bytes(), version, EcLevel::M)?;
-    let mut canvas = Canvas::new(version, EcLevel::M);
-    canvas.draw_all_functional_patterns();
-    canvas.draw_data(&data_codewords, &ec_codewords);
-    Ok(mask::apply_best_mask(&canvas, version))
+    let Version::Normal(version) = bits.version() else {
+        // `encode_auto` considers normal versions only.
+        return Err(QrError::Rejected("a Micro QR version".into()));
+    };
+    let version = version as usize;
+    let mut codewords = [0; MAX_CODEWORDS];
+    let len = construct_codewords(&bits.into_bytes(), version, &mut codewords);
+    Ok(mask::draw(version, &codewords[..len]))
 }
+
+/// Codewords of the largest symbol (version 40): 2334 data and 1372 error correction at level M.
+const MAX_CODEWORDS: usize = 3706;
+
+/// The Reed–Solomon blocks of each version at level M (ISO/IEC 18004 Table 9, as `qrcode`
+/// tabulates it): data codewords per short block, short blocks, long blocks (one data codeword
+/// more) and error correction codewords per block.
+const BLOCKS_M: [(usize, usize, usize, usize); 40] = [
+    (16, 1, 0, 10),
+    (28, 1, 0, 16),
+    (44, 1, 0, 26),
+    (32, 2, 0, 18),
+    (43, 2, 0, 24),
+    (27, 4, 0, 16),
+    (31, 4, 0, 18),
+    (38, 2, 2, 22),
+    (36, 3, 2, 22),
+    (43, 4, 1, 26),
+    (50, 1, 4, 30),
+    (36, 6, 2, 22),
+    (37, 8, 1, 22),
+    (40, 4, 5, 24),
+    (41, 5, 5, 24),
+    (45, 7, 3, 28),
+    (46, 10, 1, 28),
+    (43, 9, 4, 26),
+    (44, 3, 11, 26),
+    (41, 3, 13, 26),
+    (42, 17, 0, 26),
+    (46, 17, 0, 28),
+    (47, 4, 14, 28),
+    (45, 6, 14, 28),
+    (47, 8, 13, 28),
+    (46, 19, 4, 28),
+    (45, 22, 3, 28),
+    (45, 3, 23, 28),
+    (45, 21, 7, 28),
+    (47, 19, 10, 28),
+    (46, 2, 29, 28),
+    (46, 10, 23, 28),
+    (46, 14, 21, 28),
+    (46, 14, 23, 28),
+    (47, 12, 26, 28),
+    (47, 6, 34, 28),
+    (46, 29, 14, 28),
+    (46, 13, 32, 28),
+    (47, 40, 7, 28),
+    (47, 18, 31, 28),
+];
+
+/// Splits the `data` codewords of `version` into its blocks, computes each block's error
+/// correction codewords and writes both, interleaved as the specification orders them (the first
+/// codeword of every block, then the second, …; data first, then error correction), into
+/// `codewords`. Returns how many it wrote. The same codewords as `qrcode::ec::construct_codewords`,
+/// without its vector per block.
+fn construct_codewords(data: &[u8], version: usize, codewords: &mut [u8; MAX_CODEWORDS]) -> usize {
+    let (short_len, short_blocks, long_blocks, ec_len) = BLOCKS_M[version - 1];
+    let blocks = short_blocks + long_blocks;
+    debug_assert_eq!(data.len(), short_len * blocks + long_blocks);
+    let generator = &GENERATOR_LOGS[ec_len][..ec_len];
+    let (data_out, ec_out) = codewords.split_at_mut(data.len());
+    let mut ec = [0; 30];
+    let mut start = 0;
+    for block in 0..blocks {
+        let len = short_len + usize::from(block >= short_blocks);
+        let block_data = &data[start..start + len];
+        start += len;
+        for (i, &codeword) in block_data.iter().enumerate() {
+            // Only long blocks have a last codeword past the short blocks' length.
+            let at = if i < short_len {
+                i * blocks + block
+            } else {
+                short_len * blocks + block - short_blocks
+            };
+            data_out[at] = codeword;
+        }
+        reed_solomon(block_data, generator, &mut ec[..ec_len]);
+        for (i, &codeword) in ec[..ec_len].iter().enumerate() {
+            ec_out[i * blocks + block] = codeword;
+        }
+    }
+    data.len() + blocks * ec_len
+}
+
+/// The error correction codewords of one block: the remainder of the block, as a polynomial over
+/// GF(2⁸) times x^n, divided by the generator polynomial of degree n = `ec.len()` (given by the
+/// logarithms of its coefficients below the leading 1, highest first). A shift register holds the
+/// running remainder, highest coefficient first, in a fixed 30 bytes (the most any version
+/// needs at level M), so the shift is a few vector moves rather than a `memmove` call per
+/// codeword.
+fn reed_solomon(block: &[u8], generator: &[u8], ec: &mut [u8]) {
+    let mut remainder = [0u8; 30];
+    for &codeword in block {
+        let factor = codeword ^ remainder[0];
+        remainder = std::array::from_fn(|i| remainder.get(i + 1).copied().unwrap_or(0));
+        if factor != 0 {
+            let log = usize::from(GF_LOG[usize::from(factor)]);
+            for (coefficient, &g) in remainder.iter_mut().zip(generator) {
+                *coefficient ^= GF_EXP[log + usize::from(g)];
+            }
+        }
+    }
+    ec.copy_from_slice(&remainder[..ec.len()]);
+}
+
+/// Powers of α = 2 in GF(2⁸) modulo x⁸ + x⁴ + x³ + x² + 1 (0x11d), the QR code field, twice over
+/// so that the sum of two logarithms indexes it without reduction modulo 255.
+const GF_EXP: [u8; 512] = {
+    let mut table = [0; 512];
+    let mut x: u16 = 1;
+    let mut i = 0;
+    while i < 512 {
+        table[i] = x as u8;
+        x <<= 1;
+        if x & 0x100 != 0 {
+            x ^= 0x11d;
+        }
+        i += 1;
+    }
+    table
+};
+
+/// Logarithms to base α of the non-zero elements (entry 0 unused).
+const GF_LOG: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut i = 0;
+    while i < 255 {
+        table[GF_EXP[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// `GENERATOR_LOGS[n][..n]`: the generator polynomial of degree n, (x − α⁰)(x − α¹)…(x − αⁿ⁻¹),
+/// as the logarithms of its coefficients below the leading 1, highest first (all are non-zero).
+const GENERATOR_LOGS: [[u8; 30]; 31] = {
+    let mut table = [[0; 30]; 31];
+    let mut n = 1;
+    while n <= 30 {
+        // Coefficients highest first; multiply by (x + αⁱ) for i < n (− is + in GF(2⁸)).
+        let mut poly = [0u8; 31];
+        poly[0] = 1;
+        let mut i = 0;
+        while i < n {
+            let mut j = i + 1;
+            while j > 0 {
+                if poly[j - 1] != 0 {
+                    poly[j] ^= GF_EXP[GF_LOG[poly[j - 1] as usize] as usize + i];
+                }
+                j -= 1;
+            }
+            i += 1;
+        }
+        let mut k = 0;
+        while k < n {
+            assert!(poly[k + 1] != 0);
+            table[n][k] = GF_LOG[poly[k + 1] as usize];
+            k += 1;
+        }
+        n += 1;
+    }
+    table
+};
 
 /// [`encode`] then [`QrMatrix::to_svg`].
 pub fn render_svg(data: &str) -> Result<String, QrError> {
@@ -155,6 +319,33 @@ mod tests {
             payloads.push("x7Q".repeat(len).chars().take(len).collect());
         }
         payloads
+    }
+
+    #[test]
+    fn the_codewords_are_those_of_the_qrcode_crate_for_every_version() {
+        for version in 1..=40 {
+            let (short_len, short_blocks, long_blocks, _) = BLOCKS_M[version - 1];
+            let len = short_len * (short_blocks + long_blocks) + long_blocks;
+            for seed in 1..=5 {
+                let data: Vec<u8> = super::sample::base64_noise(seed * 41 + version as u64, len)
+                    .bytes()
+                    .map(|b| b.wrapping_mul(seed as u8 * 37))
+                    .collect();
+                let (theirs_data, theirs_ec) = qrcode::ec::construct_codewords(
+                    &data,
+                    Version::Normal(version as i16),
+                    EcLevel::M,
+                )
+                .expect("a valid version");
+                let mut ours = [0; MAX_CODEWORDS];
+                let written = construct_codewords(&data, version, &mut ours);
+                assert_eq!(
+                    ours[..written],
+                    [theirs_data, theirs_ec].concat(),
+                    "version {version}"
+                );
+            }
+        }
     }
 
     #[test]
