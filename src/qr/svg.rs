@@ -81,9 +81,7 @@ pub(super) fn write(matrix: &QrMatrix) -> String {
     // About 1.2 bytes of path per module for masked data.
     let mut svg = Vec::with_capacity(256 + 6 * matrix.width * matrix.width / 5);
     svg.extend_from_slice(HEAD.as_bytes());
-    push_int(&mut svg, size);
-    svg.push(b' ');
-    push_int(&mut svg, size);
+    svg.extend_from_slice(format!("{size} {size}").as_bytes());
     svg.extend_from_slice(br#"" shape-rendering="crispEdges" role="img">"#);
     svg.extend_from_slice(br##"<rect width="100%" height="100%" fill="#fff"/>"##);
     svg.extend_from_slice(
@@ -777,7 +775,8 @@ impl Cursor<'_> {
         self.at += 1;
     }
 
-    /// `value` in decimal, as [`push_int`] writes it.
+    /// Appends `value` in decimal without going through `fmt` (the path has thousands of
+    /// numbers, nearly all of one or two digits).
     #[inline]
     fn push_int(&mut self, value: i32) {
         if value < 0 {
@@ -863,30 +862,6 @@ fn int_len(value: i32) -> usize {
         + usize::from(magnitude >= 10)
         + usize::from(magnitude >= 100)
         + usize::from(magnitude >= 1000)
-}
-
-/// Appends `value` in decimal without going through `fmt` (the path has thousands of numbers,
-/// nearly all of one or two digits).
-fn push_int(out: &mut Vec<u8>, value: i32) {
-    if value < 0 {
-        out.push(b'-');
-    }
-    let magnitude = value.unsigned_abs();
-    if magnitude < 10 {
-        out.push(b'0' + magnitude as u8);
-    } else if magnitude < 100 {
-        out.extend_from_slice(&[b'0' + (magnitude / 10) as u8, b'0' + (magnitude % 10) as u8]);
-    } else {
-        let mut digits = [0u8; 10];
-        let mut at = digits.len();
-        let mut rest = magnitude;
-        while rest > 0 {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        out.extend_from_slice(&digits[at..]);
-    }
 }
 
 #[cfg(test)]
@@ -1103,12 +1078,17 @@ mod tests {
 
     #[test]
     fn push_int_writes_signed_decimals() {
-        let mut out = Vec::new();
+        let mut bytes = [0u8; 64];
+        let mut out = Cursor {
+            bytes: &mut bytes,
+            at: 0,
+        };
         for value in [0, 7, -1, 42, -177, 1_000_000] {
-            push_int(&mut out, value);
+            out.push_int(value);
             out.push(b',');
         }
-        assert_eq!(out, b"0,7,-1,42,-177,1000000,");
+        let written = out.at;
+        assert_eq!(&bytes[..written], b"0,7,-1,42,-177,1000000,");
         for value in [0, 9, 10, -10, 99, -100, 354, -1000, 9999] {
             assert_eq!(int_len(value), value.to_string().len(), "{value}");
         }
