@@ -14,13 +14,13 @@
 //! bits and scoring the masks, on rows and columns of one 64-bit word up to version 11 (61
 //! modules), two up to version 27 and three beyond: a 225-character payload is version 11.
 
-use std::ops::{BitAnd, BitOr, BitXor, Not};
 use std::sync::OnceLock;
 
 use qrcode::canvas::{Canvas, Module};
 use qrcode::{Color, EcLevel, Version};
 
 use super::QrMatrix;
+use super::line::Line;
 
 /// Format information (level M, masks 0–7) with its BCH bits, as the specification tabulates it.
 const FORMAT_INFO_M: [u16; 8] = [
@@ -257,90 +257,6 @@ fn draw_in<const W: usize>(layout: &Layout, codewords: &[u8]) -> QrMatrix {
     QrMatrix { width, modules }
 }
 
-/// One row or column of modules as bits (bit i = module i, set = dark), in `W` words: 64 modules
-/// per word, up to the 177 of version 40 in three.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Line<const W: usize>([u64; W]);
-
-impl<const W: usize> Default for Line<W> {
-    fn default() -> Self {
-        Self([0; W])
-    }
-}
-
-impl<const W: usize> Line<W> {
-    /// The lowest `count` bits set.
-    fn ones(count: usize) -> Self {
-        Self(std::array::from_fn(|i| {
-            let low = count.saturating_sub(64 * i).min(64);
-            if low == 64 { u64::MAX } else { (1 << low) - 1 }
-        }))
-    }
-
-    fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
-    }
-
-    /// Sets bit i if `dark` (and leaves it as it is otherwise).
-    fn put(&mut self, i: usize, dark: bool) {
-        self.0[i / 64] |= u64::from(dark) << (i % 64);
-    }
-
-    fn get(&self, i: usize) -> bool {
-        self.0[i / 64] >> (i % 64) & 1 == 1
-    }
-
-    /// The first `V` words (`V ≤ W`): the same line when it is at most `64 × V` modules wide.
-    fn narrow<const V: usize>(self) -> Line<V> {
-        Line(std::array::from_fn(|i| self.0[i]))
-    }
-
-    /// Bit i of the result is bit i + k of `self` (`0 < k < 64`); the top bits are clear.
-    fn shr(self, k: u32) -> Self {
-        Self(std::array::from_fn(|i| {
-            let carry = if i + 1 < W {
-                self.0[i + 1] << (64 - k)
-            } else {
-                0
-            };
-            self.0[i] >> k | carry
-        }))
-    }
-
-    /// Bit i of the result is bit i − k of `self` (`0 < k < 64`); the bottom bits are clear.
-    fn shl(self, k: u32) -> Self {
-        Self(std::array::from_fn(|i| {
-            let carry = if i > 0 { self.0[i - 1] >> (64 - k) } else { 0 };
-            self.0[i] << k | carry
-        }))
-    }
-
-    fn count(self) -> u32 {
-        self.0.iter().map(|w| w.count_ones()).sum()
-    }
-}
-
-macro_rules! bitwise {
-    ($trait:ident, $method:ident, $op:tt) => {
-        impl<const W: usize> $trait for Line<W> {
-            type Output = Line<W>;
-            fn $method(self, rhs: Line<W>) -> Line<W> {
-                Line(std::array::from_fn(|i| self.0[i] $op rhs.0[i]))
-            }
-        }
-    };
-}
-bitwise!(BitAnd, bitand, &);
-bitwise!(BitOr, bitor, |);
-bitwise!(BitXor, bitxor, ^);
-
-impl<const W: usize> Not for Line<W> {
-    type Output = Line<W>;
-    fn not(self) -> Line<W> {
-        Line(self.0.map(|w| !w))
-    }
-}
-
 /// The mask penalty of a symbol given as rows and as columns: adjacent runs (N1), 2×2 blocks
 /// (N2), finder-like patterns (N3) and dark/light balance (N4), each computed 64 modules at a
 /// time. N3 leaves out the constant 360 that `qrcode` subtracts: it shifts every mask alike.
@@ -421,17 +337,5 @@ mod tests {
                 payload.len()
             );
         }
-    }
-
-    #[test]
-    fn line_shifts_carry_across_words() {
-        let mut line = Line::<3>::default();
-        line.set(63);
-        line.set(128);
-        assert!(line.shl(1).get(64) && line.shl(1).get(129));
-        assert!(line.shr(1).get(62) && line.shr(1).get(127));
-        assert_eq!(Line::<3>::ones(130).count(), 130);
-        assert_eq!(Line::<3>::ones(192).count(), 192);
-        assert_eq!(line.narrow::<1>(), Line([1 << 63]));
     }
 }

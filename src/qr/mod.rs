@@ -12,6 +12,7 @@
 
 use qrcode::{EcLevel, Version};
 
+mod line;
 mod mask;
 #[cfg(test)]
 mod sample;

@@ -41,6 +41,7 @@
 //! and eight times smaller than `qrcode`'s own SVG renderer (a square per module, 37 KB). The mask
 //! is not chosen for size: the symbol stays the one ISO/IEC 18004 (and `qrcode`) would draw.
 
+use super::line::Line;
 use super::{QUIET_ZONE, QrMatrix};
 
 /// No run, slot or polyline.
@@ -94,8 +95,8 @@ pub(super) fn write(matrix: &QrMatrix) -> String {
     String::from_utf8(svg).expect("the SVG is ASCII")
 }
 
-/// One row or column of modules as bits, bit `i` set for a dark module `i` (177 at most).
-type Bits = [u64; 3];
+/// One row of modules as bits, bit `i` set for a dark module `i` (177 at most).
+type Bits = Line<3>;
 
 /// Rows of more runs than this cannot be: a run and a light module take two modules at least.
 const MAX_RUNS_PER_ROW: usize = 96;
@@ -104,7 +105,7 @@ const MAX_RUNS_PER_ROW: usize = 96;
 fn pack(width: usize, dark: &[bool]) -> Vec<Bits> {
     dark.chunks_exact(width)
         .map(|row| {
-            let mut bits = [0; 3];
+            let mut bits = Bits::default();
             // Eight modules at a time: the bytes of eight `bool`s, each 0 or 1, multiplied so
             // that byte `i`'s bit lands on bit `56 + i` (the partial products never overlap).
             let mut octets = row.chunks_exact(8);
@@ -112,36 +113,15 @@ fn pack(width: usize, dark: &[bool]) -> Vec<Bits> {
                 let octet: [bool; 8] = octet.try_into().expect("eight modules");
                 let bytes = u64::from_le_bytes(octet.map(u8::from));
                 let byte = bytes.wrapping_mul(0x0102_0408_1020_4080) >> 56;
-                bits[i / 8] |= byte << (8 * (i % 8));
+                bits.0[i / 8] |= byte << (8 * (i % 8));
             }
             let rest = octets.remainder();
             for (x, &is_dark) in (width - rest.len()..).zip(rest) {
-                bits[x / 64] |= u64::from(is_dark) << (x % 64);
+                bits.put(x, is_dark);
             }
             bits
         })
         .collect()
-}
-
-/// Calls `f` with the position of each bit set in `bits`, lowest first.
-#[inline(always)]
-fn for_each_bit(bits: Bits, mut f: impl FnMut(usize)) {
-    for (word, mut bits) in bits.into_iter().enumerate() {
-        while bits != 0 {
-            f(64 * word + bits.trailing_zeros() as usize);
-            bits &= bits - 1;
-        }
-    }
-}
-
-/// The bits of `a` that are not in `b`.
-fn and_not(a: Bits, b: Bits) -> Bits {
-    [a[0] & !b[0], a[1] & !b[1], a[2] & !b[2]]
-}
-
-/// The number of bits set in `bits`.
-fn count_ones(bits: Bits) -> u32 {
-    bits.iter().map(|word| word.count_ones()).sum()
 }
 
 /// The bipartite graph of the maximal horizontal runs of dark modules ("rows") and the maximal
@@ -163,33 +143,25 @@ struct Graph {
 impl Graph {
     fn new(rows: &[Bits]) -> Self {
         let width = rows.len();
-        let above = |y: usize| if y > 0 { rows[y - 1] } else { [0; 3] };
-        let below = |y: usize| rows.get(y + 1).copied().unwrap_or([0; 3]);
+        let above = |y: usize| if y > 0 { rows[y - 1] } else { Bits::default() };
+        let below = |y: usize| rows.get(y + 1).copied().unwrap_or_default();
 
         let mut row_runs = Vec::with_capacity(width * width / 4);
         let mut row_start = Vec::with_capacity(width * width / 4 + 1);
         row_start.push(0);
         let mut dark = 0;
         for (y, &bits) in rows.iter().enumerate() {
-            // A run starts at a dark module after a light one, and ends at one before a light one.
-            let left = [
-                bits[0] << 1,
-                bits[1] << 1 | bits[0] >> 63,
-                bits[2] << 1 | bits[1] >> 63,
-            ];
-            let right = [
-                bits[0] >> 1 | bits[1] << 63,
-                bits[1] >> 1 | bits[2] << 63,
-                bits[2] >> 1,
-            ];
+            // A run starts at a dark module after a light one, and ends at one before a light one:
+            // bit x of `left` is module x − 1, of `right` module x + 1.
+            let (left, right) = (bits.shl(1), bits.shr(1));
             let mut starts = [0; MAX_RUNS_PER_ROW];
             let mut count = 0;
-            for_each_bit(and_not(bits, left), |x| {
+            (bits & !left).for_each_set(|x| {
                 starts[count] = x as u16;
                 count += 1;
             });
             let mut next = 0;
-            for_each_bit(and_not(bits, right), |last| {
+            (bits & !right).for_each_set(|last| {
                 let first = starts[next];
                 next += 1;
                 row_runs.push(Run {
@@ -210,7 +182,7 @@ impl Graph {
         let mut count = 0;
         for (y, &bits) in rows.iter().enumerate() {
             first_ending.push(count);
-            count += count_ones(and_not(bits, below(y)));
+            count += (bits & !below(y)).count();
         }
         let mut columns = vec![
             Run {
@@ -228,7 +200,7 @@ impl Graph {
         for y in (0..width).rev() {
             let bits = rows[y];
             let mut column = first_ending[y];
-            for_each_bit(and_not(bits, below(y)), |x| {
+            (bits & !below(y)).for_each_set(|x| {
                 current[x] = column;
                 columns[column as usize] = Run {
                     horizontal: false,
@@ -238,13 +210,13 @@ impl Graph {
                 };
                 column += 1;
             });
-            let mut at = end - count_ones(bits) as usize;
+            let mut at = end - bits.count() as usize;
             end = at;
-            for_each_bit(bits, |x| {
+            bits.for_each_set(|x| {
                 column_of[at] = current[x];
                 at += 1;
             });
-            for_each_bit(and_not(bits, above(y)), |x| {
+            (bits & !above(y)).for_each_set(|x| {
                 columns[current[x] as usize].first = y as u16;
             });
         }
