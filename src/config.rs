@@ -369,6 +369,20 @@ pub fn parse_qr_ttl(s: &str) -> Result<QrTtl, String> {
     Ok(ttl)
 }
 
+/// A tokio runtime for the binaries: one worker per core (or `TOKIO_WORKER_THREADS`) for
+/// `threads` 0, a current-thread runtime for 1 (no wake-ups across threads: the least CPU per
+/// request), else that many workers.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,20 +30,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// A tokio runtime: one worker per core (or `TOKIO_WORKER_THREADS`) for `threads` 0, a
-/// current-thread runtime for 1, else that many workers.
+/// [`qrlink::config::runtime`], with the error said.
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if threads > 1 {
-        builder.worker_threads(threads);
-    }
-    builder
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
+    qrlink::config::runtime(threads).context("cannot start the tokio runtime")
 }
 
 /// Prints a connect token: `websocat "ws://…/ws/link/whatsapp?token=$(qrlink token --sub u1)"`.

@@ -174,17 +174,8 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
+    // 0 and 1 both mean the current-thread runtime here.
+    let runtime = match qrlink::config::runtime(args.threads.max(1)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qrlink-load: cannot start the runtime: {e}");
