@@ -1,4 +1,5 @@
-//! The gateway: shared state, the router, and `serve` with a shutdown the gateway owns.
+//! The gateway: builds the shared state from the configuration and serves it, with a
+//! shutdown the gateway owns.
 //!
 //! axum's graceful shutdown does not wait for upgraded sockets (axum issue #3003), so every
 //! WebSocket task joins a [`TaskTracker`] and watches one [`CancellationToken`]: on shutdown the
@@ -10,66 +11,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Json;
-use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::config::{Config, UpstreamHttp};
-use crate::limits::Limits;
-use crate::sessions::SessionRegistry;
+use crate::http::{SIMULATOR_MOUNT, router};
 use crate::simulator::{Simulator, SimulatorConfig};
+use crate::state::AppState;
+use crate::store::SessionRegistry;
+use crate::store::limits::Limits;
 use crate::upstream::{self, HttpVersion, RetryPolicy, Timeouts, UnipileClient};
-use crate::{assets, auth, watch, ws};
 
 /// How long a connection accepted during shutdown may take to send its request.
 const DRAIN_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Where the embedded simulator is mounted in demo mode.
-pub const SIMULATOR_MOUNT: &str = "/simulator";
-
-/// Display names of the providers the page knows; others show their id.
-fn provider_name(id: &str) -> &str {
-    match id {
-        "whatsapp" => "WhatsApp",
-        "google_messages" => "Google Messages",
-        "telegram" => "Telegram",
-        other => other,
-    }
-}
-
-/// State shared by every handler.
-#[derive(Debug)]
-pub struct AppState {
-    /// The configuration the gateway started with.
-    pub config: Config,
-    /// The one Unipile client (one connection pool).
-    pub upstream: UnipileClient,
-    /// Open link attempts.
-    pub sessions: SessionRegistry,
-    /// Admission limits (overall and per client address).
-    pub limits: Limits,
-    /// Cancelled when shutdown begins; every socket task watches it.
-    pub shutdown: CancellationToken,
-    /// Every socket task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// False once shutdown has begun (`/readyz`).
-    pub ready: AtomicBool,
-    /// The embedded simulator, in demo mode.
-    pub simulator: Option<Simulator>,
-    /// The simulator's 2FA password, shown on the page in demo mode.
-    demo_twofa_password: Option<String>,
-}
 
 /// A configured gateway, ready to serve on a bound listener.
 #[derive(Debug, Clone)]
@@ -243,80 +201,6 @@ impl Gateway {
     }
 }
 
-/// The gateway's routes; `serve` adds connection info (the WebSocket handler needs it).
-pub fn router(state: Arc<AppState>) -> Router {
-    // The operator's views: admin token, or loopback clients when none is configured.
-    let admin = Router::new()
-        .route("/api/sessions", get(list_sessions))
-        .route("/api/sessions/{id}", delete(cancel_session))
-        .route("/api/providers", get(list_providers))
-        .route("/metrics", get(|| async { crate::metrics::render() }))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let mut app = Router::new()
-        .route("/ws/link/{provider}", get(ws::link))
-        .route("/ws/watch", get(watch::watch))
-        .route("/config.json", get(page_config))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .merge(admin)
-        .fallback(assets::serve);
-    if let Some(sim) = &state.simulator {
-        app = app.nest_service(SIMULATOR_MOUNT, sim.router());
-    }
-    app.layer(middleware::from_fn_with_state(
-        state.clone(),
-        security_headers,
-    ))
-    .with_state(state)
-}
-
-async fn require_admin(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<std::collections::HashMap<String, String>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match auth::admin(&state, peer, req.headers(), params.get("admin_token")) {
-        Ok(()) => next.run(req).await,
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
-/// Headers on every answer: no sniffing, no referrer (tokens may sit in page URLs), and for
-/// pages a CSP whose `frame-ancestors` the operator configures; API answers are never cached.
-async fn security_headers(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let api = req.uri().path().starts_with("/api/") || req.uri().path() == "/config.json";
-    let mut resp = next.run(req).await;
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    if api {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    if headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-        let csp = format!(
-            "{}; frame-ancestors {}",
-            assets::CONTENT_SECURITY_POLICY,
-            state.config.frame_ancestors
-        );
-        if let Ok(v) = HeaderValue::from_str(&csp) {
-            headers.insert(header::CONTENT_SECURITY_POLICY, v);
-        }
-    }
-    resp
-}
-
 /// A random key for the embedded simulator, so nothing else on the machine can use it as an
 /// open Unipile stand-in by guessing.
 fn demo_api_key() -> String {
@@ -333,61 +217,5 @@ fn loopback_of(addr: SocketAddr) -> SocketAddr {
         }
         ip if ip.is_unspecified() => SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], addr.port())),
         _ => addr,
-    }
-}
-
-fn providers_json(state: &AppState) -> Vec<serde_json::Value> {
-    state
-        .config
-        .providers
-        .iter()
-        .map(|p| {
-            json!({
-                "id": p,
-                "name": provider_name(p),
-                "qr_ttl_secs": state.config.qr_ttl.for_provider(p).as_secs(),
-            })
-        })
-        .collect()
-}
-
-async fn page_config(State(state): State<Arc<AppState>>) -> Response {
-    let demo = state.simulator.is_some();
-    let body = json!({
-        "protocol": crate::protocol::PROTOCOL_VERSION,
-        "demo": demo,
-        "token_required": state.config.token_secret.is_some(),
-        "simulator": demo.then_some(SIMULATOR_MOUNT),
-        "demo_twofa_password": state.demo_twofa_password,
-        "providers": providers_json(&state),
-    });
-    Json(body).into_response()
-}
-
-async fn list_providers(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "providers": providers_json(&state) }))
-}
-
-async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "sessions": state.sessions.snapshot() }))
-}
-
-async fn cancel_session(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if state.sessions.cancel(&id) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "no such session" })),
-        )
-            .into_response()
-    }
-}
-
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     }
 }

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use qrlink::auth;
 use qrlink::config::{Cli, Command, Config, LogFormat, SimulateArgs, TokenArgs};
+use qrlink::http::auth;
 use qrlink::simulator::{Simulator, SimulatorConfig};
 use qrlink::{Gateway, telemetry};
 use tokio::net::TcpListener;

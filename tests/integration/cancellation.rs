@@ -5,7 +5,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use crate::common::{TestGateway, WAIT};
-use qrlink::protocol::close;
+use qrlink::link::protocol::close;
 use qrlink::simulator::PollOutcome;
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::browser::{self, Page, PageKind};
 use crate::common::{TestGateway, WsClient, sim_config};
-use qrlink::protocol::{ServerFrame, close};
+use qrlink::link::protocol::{ServerFrame, close};
 use serde::Deserialize;
 use serde_json::json;
 

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use crate::common::{TestGateway, WAIT, WsClient, frames_until_close};
-use qrlink::protocol::ServerFrame;
+use qrlink::link::protocol::ServerFrame;
 use qrlink::{Config, Gateway};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

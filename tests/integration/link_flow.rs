@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::{
     TWOFA, TestGateway, WsClient, ends_with_the_account, frames_until_close, sim_config,
 };
-use qrlink::protocol::{ServerFrame, close};
+use qrlink::link::protocol::{ServerFrame, close};
 use serde_json::json;
 
 #[tokio::test]
@@ -137,7 +137,10 @@ async fn a_wrong_2fa_code_asks_again_with_its_error_and_the_right_one_then_links
         } => {
             assert_eq!(checkpoint["type"], "2FA");
             assert_eq!(error.code, "provider/invalid_checkpoint_code");
-            assert_eq!(error.message, qrlink::protocol::message_for(&error.code));
+            assert_eq!(
+                error.message,
+                qrlink::link::protocol::message_for(&error.code)
+            );
         }
         other => panic!("expected the checkpoint again, got {other:?}"),
     }
@@ -155,7 +158,7 @@ async fn three_wrong_2fa_codes_end_the_attempt_with_the_error() {
     let mut client = gw.connect("/ws/link/telegram").await;
     let qr = client.qr().await;
     gw.sim().scan(&qr.intent_id).unwrap();
-    for attempt in 0..qrlink::protocol::MAX_CHECKPOINT_ATTEMPTS {
+    for attempt in 0..qrlink::link::protocol::MAX_CHECKPOINT_ATTEMPTS {
         match client.frame().await.frame {
             ServerFrame::Checkpoint { error, .. } => assert_eq!(error.is_some(), attempt > 0),
             other => panic!("expected a checkpoint, got {other:?}"),

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{API_KEY, TestSimulator, WAIT, WsClient, frames_until_close, sim_config};
-use qrlink::auth::{Claims, mint, now_secs};
-use qrlink::protocol::{ServerFrame, close};
+use qrlink::http::auth::{Claims, mint, now_secs};
+use qrlink::link::protocol::{ServerFrame, close};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -268,7 +268,7 @@ async fn qrlink_token_mints_a_token_the_gateway_accepts() {
         .expect("qrlink token runs");
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let claims = qrlink::auth::verify(
+    let claims = qrlink::http::auth::verify(
         TOKEN_SECRET,
         Duration::from_secs(600),
         Some(&token),

@@ -1,7 +1,7 @@
 //! Bad input from a client gets an error frame and the right close code, never a panic or hang.
 
 use crate::common::{Next, TestGateway};
-use qrlink::protocol::{MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close};
+use qrlink::link::protocol::{MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::common::{RawNext, TWOFA, TestGateway, WsClient, texts_until_close};
 use jsonschema::{Retrieve, Uri, ValidatorMap};
-use qrlink::protocol::{ClientFrame, Envelope, ErrorFrame, QrFrame, ServerFrame, codes};
+use qrlink::link::protocol::{ClientFrame, Envelope, ErrorFrame, QrFrame, ServerFrame, codes};
 use qrlink::simulator::{Endpoint, Fault};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -461,7 +461,7 @@ fn every_frame_the_gateway_types_can_build_matches_the_schemas() {
         }),
         ServerFrame::Checkpoint {
             checkpoint: json!({"type": "2FA", "platform": "APP", "hint": "h"}),
-            error: Some(qrlink::protocol::CheckpointError {
+            error: Some(qrlink::link::protocol::CheckpointError {
                 code: "provider/invalid_checkpoint_code".into(),
                 message: "That code is not correct.".into(),
             }),

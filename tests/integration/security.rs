@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::common::{API_KEY, TestGateway, WAIT, WsClient, frames_until_close, sim_config};
-use qrlink::auth::{Claims, mint, now_secs};
-use qrlink::protocol::{ServerFrame, close};
+use qrlink::http::auth::{Claims, mint, now_secs};
+use qrlink::link::protocol::{ServerFrame, close};
 use qrlink::simulator::PollOutcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -3,7 +3,7 @@
 use crate::common;
 
 use crate::common::{TestGateway, frames_until_close};
-use qrlink::protocol::{ServerFrame, close, message_for};
+use qrlink::link::protocol::{ServerFrame, close, message_for};
 use qrlink::simulator::{Endpoint, Fault, PollOutcome};
 
 /// The link-attempt errors of UNIPILE.md that the browser must see by name.

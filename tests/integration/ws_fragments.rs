@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::common::{TestGateway, WAIT, sim_config};
-use qrlink::protocol::{Envelope, ServerFrame, close};
-use qrlink::ws::FRAGMENT_SIZE;
+use qrlink::http::link_socket::FRAGMENT_SIZE;
+use qrlink::link::protocol::{Envelope, ServerFrame, close};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameSocket};
 

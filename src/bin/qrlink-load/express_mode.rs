@@ -102,7 +102,7 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                             r.account_at_us = Some(unix_now_us());
                             return r.ended(End::Account);
                         }
-                        Ok((_, obj)) if obj.kind.as_deref() == Some(qrlink::protocol::codes::PROVIDER_TIMEOUT) => {
+                        Ok((_, obj)) if obj.kind.as_deref() == Some(qrlink::link::protocol::codes::PROVIDER_TIMEOUT) => {
                             return r.ended(End::Timeout);
                         }
                         Ok((status, obj)) => {

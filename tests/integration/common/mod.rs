@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use qrlink::gateway::AppState;
-use qrlink::protocol::{Envelope, ErrorFrame, QrFrame, ServerFrame};
+use qrlink::link::protocol::{Envelope, ErrorFrame, QrFrame, ServerFrame};
 use qrlink::simulator::{PollOutcome, ProviderSim, Simulator, SimulatorConfig};
+use qrlink::state::AppState;
 use qrlink::{Config, Gateway};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -313,7 +313,7 @@ pub async fn ends_with_the_account(client: &mut WsClient) {
         ),
         "expected the account last, got {frames:?}"
     );
-    assert_eq!(code, qrlink::protocol::close::NORMAL);
+    assert_eq!(code, qrlink::link::protocol::close::NORMAL);
 }
 
 /// A gateway in demo mode (no API key) on 127.0.0.1:0: it mounts the embedded simulator under

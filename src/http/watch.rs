@@ -17,9 +17,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::gateway::AppState;
-use crate::protocol::{Envelope, ServerFrame, close};
-use crate::sessions::WatchEvent;
+use crate::link::protocol::{Envelope, ServerFrame, close};
+use crate::state::AppState;
+use crate::store::WatchEvent;
 
 /// `GET /ws/watch[?session=ID][&qr=svg]`.
 pub async fn watch(
@@ -29,14 +29,16 @@ pub async fn watch(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(refusal) = crate::auth::admin(&state, peer, &headers, params.get("admin_token")) {
+    if let Err(refusal) =
+        crate::http::auth::admin(&state.config, peer, &headers, params.get("admin_token"))
+    {
         return refusal.into_response();
     }
     let filter = params.get("session").cloned();
     let with_qr = params
         .get("qr")
         .is_some_and(|q| q.split(',').any(|f| f == "svg"));
-    ws.max_message_size(crate::protocol::MAX_CLIENT_MESSAGE_BYTES)
+    ws.max_message_size(crate::link::protocol::MAX_CLIENT_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
             tracker.track_future(watch_socket(socket, state, filter, with_qr))
@@ -179,7 +181,7 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::QrFrame;
+    use crate::link::protocol::QrFrame;
 
     fn qr_env() -> Envelope {
         Envelope {

@@ -7,7 +7,7 @@
 //! whenever the loop ends (hang-up, `cancel`, protocol error, shutdown) the future is dropped
 //! and its upstream request aborted.
 //!
-//! The socket is tokio-tungstenite's own (upgraded by [`crate::ws_upgrade`], not axum's) so
+//! The socket is tokio-tungstenite's own (upgraded by [`crate::http::upgrade`], not axum's) so
 //! that large messages go out as fragments of at most [`FRAGMENT_SIZE`]: tungstenite's out
 //! buffer is a `Vec` that grows to the largest frame written and keeps that capacity for the
 //! socket's life. A `qr` frame is 5–8 KB of JSON; sent whole it would pin that much heap in
@@ -31,15 +31,15 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 
-use crate::auth;
-use crate::gateway::AppState;
-use crate::limits::Denied;
-use crate::link::{self, LinkRequest, QrFormats};
-use crate::protocol::{
+use crate::http::auth;
+use crate::http::upgrade::{Socket, Upgrade};
+use crate::link::protocol::{
     ClientFrame, Envelope, ErrorFrame, MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close, codes,
 };
-use crate::sessions::{Outcome, SessionGuard};
-use crate::ws_upgrade::{Socket, Upgrade};
+use crate::link::{self, LinkRequest, QrFormats};
+use crate::state::AppState;
+use crate::store::limits::Denied;
+use crate::store::{Outcome, SessionGuard};
 
 /// Frames the link attempt may queue ahead of the socket. Small: a client that does not read
 /// stalls its own attempt, never the gateway.

@@ -5,12 +5,14 @@
 //! which closes its connection at once (reqwest/hyper do not reuse a connection whose response
 //! was abandoned).
 
+pub mod protocol;
+
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::protocol::{
+use crate::link::protocol::{
     CheckpointError, ErrorFrame, MAX_CHECKPOINT_ATTEMPTS, QrFrame, ServerFrame, codes, message_for,
     upstream_retryable,
 };

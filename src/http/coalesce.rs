@@ -1,7 +1,7 @@
 //! [`Coalesce`]: an I/O wrapper that gathers the writes made between two flushes into one.
 //!
 //! The `qr` frame goes out as a fragmented WebSocket message (1 KiB frames, see
-//! [`crate::ws::FRAGMENT_SIZE`]) so that tungstenite's write buffer, which keeps the capacity of
+//! [`crate::http::link_socket::FRAGMENT_SIZE`]) so that tungstenite's write buffer, which keeps the capacity of
 //! the largest frame it ever wrote, stays small in every open session. Written straight to the
 //! socket, each fragment was its own `send` system call and TCP segment, and the client woke up
 //! for each of them. Gathered here, the five fragments of a 4.8 KB `qr` frame leave in one

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::gateway::AppState;
 
 /// The subprotocol a client offers to speak protocol v1.
 pub const SUBPROTOCOL: &str = "qrlink.v1";
@@ -112,12 +111,12 @@ pub fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), Refusal>
 /// WebSockets from browsers, which cannot set headers); without a configured token, loopback
 /// clients only.
 pub fn admin(
-    state: &AppState,
+    config: &Config,
     peer: SocketAddr,
     headers: &HeaderMap,
     query_token: Option<&String>,
 ) -> Result<(), Refusal> {
-    match &state.config.admin_token {
+    match &config.admin_token {
         Some(expected) => {
             let bearer = headers
                 .get(header::AUTHORIZATION)
@@ -130,7 +129,7 @@ pub fn admin(
                 _ => Err(Refusal::Unauthorized),
             }
         }
-        None if client_addr(&state.config, peer, headers).ip().is_loopback() => Ok(()),
+        None if client_addr(config, peer, headers).ip().is_loopback() => Ok(()),
         None => Err(Refusal::NotLoopback),
     }
 }

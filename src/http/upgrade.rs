@@ -1,5 +1,5 @@
 //! The WebSocket upgrade of `/ws/link/{provider}`, done by hand so the socket loop drives
-//! tokio-tungstenite itself: axum's `Message` cannot carry the raw frames [`crate::ws`] sends
+//! tokio-tungstenite itself: axum's `Message` cannot carry the raw frames [`crate::http::link_socket`] sends
 //! to fragment large messages.
 //!
 //! [`Upgrade`] does what axum's `WebSocketUpgrade` does for HTTP/1.1 (the gateway serves
@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::coalesce::Coalesce;
+use crate::http::coalesce::Coalesce;
 
 /// The socket an upgraded connection becomes: writes between flushes leave together
 /// ([`Coalesce`]), so a fragmented `qr` message is one system call and one TCP segment.

@@ -4,6 +4,8 @@
 //! [`SessionGuard`] whose `Drop` removes the session, so a socket task that ends for any reason
 //! (terminal frame, hang-up, panic, shutdown) can never leak an entry.
 
+pub mod limits;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -14,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{Envelope, ServerFrame};
+use crate::link::protocol::{Envelope, ServerFrame};
 
 /// Events buffered per watcher before a slow one starts losing them (and is told so with a
 /// `lagged` event). Link attempts never wait for watchers.
@@ -174,8 +176,10 @@ impl Session {
                 self.set_phase(Phase::Closing);
                 // `closed` names the code for errors only; cancel and shutdown say it all.
                 match e.code.as_str() {
-                    crate::protocol::codes::CANCELLED => self.set_outcome(Outcome::Cancelled, None),
-                    crate::protocol::codes::SHUTTING_DOWN => {
+                    crate::link::protocol::codes::CANCELLED => {
+                        self.set_outcome(Outcome::Cancelled, None)
+                    }
+                    crate::link::protocol::codes::SHUTTING_DOWN => {
                         self.set_outcome(Outcome::Shutdown, None)
                     }
                     _ => self.set_outcome(Outcome::Error, Some(e.code.clone())),

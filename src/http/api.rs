@@ -1,0 +1,87 @@
+//! The JSON endpoints: `/api/sessions`, `/api/providers`, `/config.json`, `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::SIMULATOR_MOUNT;
+use crate::state::AppState;
+
+/// Display names of the providers the page knows; others show their id.
+fn provider_name(id: &str) -> &str {
+    match id {
+        "whatsapp" => "WhatsApp",
+        "google_messages" => "Google Messages",
+        "telegram" => "Telegram",
+        other => other,
+    }
+}
+
+fn providers_json(state: &AppState) -> Vec<serde_json::Value> {
+    state
+        .config
+        .providers
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p,
+                "name": provider_name(p),
+                "qr_ttl_secs": state.config.qr_ttl.for_provider(p).as_secs(),
+            })
+        })
+        .collect()
+}
+
+/// `GET /config.json`: what the link page needs to know about this gateway.
+pub async fn page_config(State(state): State<Arc<AppState>>) -> Response {
+    let demo = state.simulator.is_some();
+    let body = json!({
+        "protocol": crate::link::protocol::PROTOCOL_VERSION,
+        "demo": demo,
+        "token_required": state.config.token_secret.is_some(),
+        "simulator": demo.then_some(SIMULATOR_MOUNT),
+        "demo_twofa_password": state.demo_twofa_password,
+        "providers": providers_json(&state),
+    });
+    Json(body).into_response()
+}
+
+/// `GET /api/providers`.
+pub async fn list_providers(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "providers": providers_json(&state) }))
+}
+
+/// `GET /api/sessions`: a snapshot of the open sessions.
+pub async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "sessions": state.sessions.snapshot() }))
+}
+
+/// `DELETE /api/sessions/{id}`: 204, or 404 when no such session is open.
+pub async fn cancel_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Response {
+    if state.sessions.cancel(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such session" })),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /readyz`: 503 once shutdown has begun.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
