@@ -4,7 +4,7 @@
 //! then validate the body. Bodies are read as bytes and parsed here, so malformed JSON gets a
 //! Unipile `400 api/invalid_parameters` rather than axum's own rejection.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -43,14 +43,20 @@ async fn intent_reply(sim: &Simulator, headers: &HeaderMap, body: Value) -> Repl
     if let Err(reply) = sim.check_key(headers) {
         return reply;
     }
-    if let Some(early) = sim.apply_fault(Endpoint::Intent).await {
-        return early;
-    }
+    let hold = match sim.apply_fault(Endpoint::Intent).await {
+        Ok(hold) => hold,
+        Err(early) => return early,
+    };
     let request = match parse_intent(sim, &body) {
         Ok(request) => request,
         Err(detail) => return Reply::invalid(&detail),
     };
-    Reply::object(sim.start_intent(request.provider, request.account_id, request.twofa))
+    let reply =
+        Reply::object(sim.start_intent(request.provider, request.account_id, request.twofa));
+    match sim.hold_answer(hold).await {
+        Ok(()) => reply,
+        Err(shutting_down) => shutting_down,
+    }
 }
 
 /// `POST /v2/auth/checkpoint`: every call is recorded as a [`super::PollRecord`], and a hang-up
@@ -77,16 +83,17 @@ async fn checkpoint_reply(
     if let Err(reply) = sim.check_key(headers) {
         return reply;
     }
-    let faulted = sim.inner.faults.pop(Endpoint::Checkpoint);
-    if let Some(fault) = &faulted {
+    let mut hold = None;
+    if let Some(fault) = sim.inner.faults.pop(Endpoint::Checkpoint) {
         if fault.finishes_intent() {
             if let Some(cell) = body["intent_id"].as_str().and_then(|id| sim.cell(id)) {
                 cell.lock().time_out(Instant::now());
                 cell.notify();
             }
         }
-        if let Some(early) = sim.act_on(fault.action()).await {
-            return early;
+        match sim.act_on(fault.action()).await {
+            Ok(late) => hold = late,
+            Err(early) => return early,
         }
     }
     let (intent_id, code) = match parse_checkpoint(body) {
@@ -96,7 +103,17 @@ async fn checkpoint_reply(
     let Some(cell) = sim.cell(intent_id) else {
         return Reply::intent_not_found();
     };
-    sim.long_poll(&cell, started, code).await
+    let (reply, is_final) = sim.long_poll(&cell, started, code).await;
+    if let Err(shutting_down) = sim.hold_answer(hold).await {
+        return shutting_down;
+    }
+    // A caller that hung up (during the long poll or a held answer) dropped this future before
+    // here, which leaves a final answer to the intent's next poll. Nothing awaits from here on,
+    // so reaching this line means the answer goes out.
+    if is_final {
+        cell.lock().delivered();
+    }
+    reply
 }
 
 /// The fallback: Unipile's 404 for any other path.
@@ -138,32 +155,49 @@ impl Simulator {
         }
     }
 
-    /// Consumes the next fault of `endpoint`; `Some` is the answer to send instead of the
-    /// normal one.
-    async fn apply_fault(&self, endpoint: Endpoint) -> Option<Reply> {
-        let fault = self.inner.faults.pop(endpoint)?;
-        self.act_on(fault.action()).await
-    }
-
-    /// Carries out a fault: an answer, a stall until hang-up or shutdown, or a delay.
-    async fn act_on(&self, action: FaultAction) -> Option<Reply> {
-        match action {
-            FaultAction::Reply(reply) => Some(reply),
-            FaultAction::Stall => {
-                self.inner.shutdown.cancelled().await;
-                Some(Reply::shutting_down())
-            }
-            FaultAction::Delay(delay) => {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => None,
-                    () = self.inner.shutdown.cancelled() => Some(Reply::shutting_down()),
-                }
-            }
+    /// Consumes the next fault of `endpoint`, if any, and carries it out (see [`Self::act_on`]).
+    async fn apply_fault(&self, endpoint: Endpoint) -> Result<Option<Duration>, Reply> {
+        match self.inner.faults.pop(endpoint) {
+            Some(fault) => self.act_on(fault.action()).await,
+            None => Ok(None),
         }
     }
 
-    /// Waits until the intent has something to say to a poll that started at `started`.
-    async fn long_poll(&self, cell: &IntentCell, started: Instant, code: &str) -> Reply {
+    /// Carries out a fault: an answer, a stall until hang-up or shutdown, or a delay. `Err` is
+    /// the answer to send instead of the normal one; `Ok(Some(hold))` means go on normally,
+    /// then hold the answer that long (see [`Self::hold_answer`]).
+    async fn act_on(&self, action: FaultAction) -> Result<Option<Duration>, Reply> {
+        match action {
+            FaultAction::Reply(reply) => Err(reply),
+            FaultAction::Stall => {
+                self.inner.shutdown.cancelled().await;
+                Err(Reply::shutting_down())
+            }
+            FaultAction::Delay(delay) => {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => Ok(None),
+                    () = self.inner.shutdown.cancelled() => Err(Reply::shutting_down()),
+                }
+            }
+            FaultAction::Hold(hold) => Ok(Some(hold)),
+        }
+    }
+
+    /// Waits `hold` (if any) before an answer that is already decided goes out; `Err` on
+    /// shutdown. The handler is dropped here if the caller hangs up meanwhile.
+    async fn hold_answer(&self, hold: Option<Duration>) -> Result<(), Reply> {
+        let Some(hold) = hold else {
+            return Ok(());
+        };
+        tokio::select! {
+            () = tokio::time::sleep(hold) => Ok(()),
+            () = self.inner.shutdown.cancelled() => Err(Reply::shutting_down()),
+        }
+    }
+
+    /// Waits until the intent has something to say to a poll that started at `started`; the
+    /// flag says whether it is the intent's final answer ([`Step::Final`]).
+    async fn long_poll(&self, cell: &IntentCell, started: Instant, code: &str) -> (Reply, bool) {
         // Subscribe before reading the state, so a change in between still wakes us.
         let mut changes = cell.changed.subscribe();
         let start_qr = cell.lock().qrs.len();
@@ -175,14 +209,15 @@ impl Simulator {
                 cell.notify();
             }
             let until = match step {
-                Step::Answer(reply) => return reply,
+                Step::Answer(reply) => return (reply, false),
+                Step::Final(reply) => return (reply, true),
                 Step::WaitUntil(until) => until,
             };
             tokio::select! {
                 // The sender lives in `cell`, so this never reports a closed channel.
                 _ = changes.changed() => {}
                 () = tokio::time::sleep_until(until.into()) => {}
-                () = self.inner.shutdown.cancelled() => return Reply::shutting_down(),
+                () = self.inner.shutdown.cancelled() => return (Reply::shutting_down(), false),
             }
         }
     }

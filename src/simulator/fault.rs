@@ -61,6 +61,15 @@ pub enum Fault {
         /// The delay in milliseconds.
         ms: u64,
     },
+    /// Does the call's work as usual (an intent is created; a checkpoint call waits as usual,
+    /// then takes the scan, the 2FA code or the timeout), then holds the answer this long before
+    /// sending it: Unipile acted, but its answer is slow. A caller that hangs up meanwhile never sees the
+    /// answer; a final one (`Account`, `provider/timeout`) then goes to the intent's next poll.
+    /// That is the race a gateway aborting a poll at the wrong moment must survive.
+    LateAnswer {
+        /// How long the answer is held, in milliseconds.
+        ms: u64,
+    },
 }
 
 /// What a handler does with a consumed fault.
@@ -72,6 +81,8 @@ pub(crate) enum FaultAction {
     Stall,
     /// Wait this long, then answer normally.
     Delay(std::time::Duration),
+    /// Work out the normal answer, then wait this long before sending it.
+    Hold(std::time::Duration),
 }
 
 /// The body a [`Fault::Malformed`] sends: an `AuthenticationQrCode` cut short.
@@ -113,6 +124,7 @@ impl Fault {
                 "url": "https://accounts.example.com/oauth/authorize?client_id=simulator",
             }))),
             Fault::Delay { ms } => FaultAction::Delay(std::time::Duration::from_millis(*ms)),
+            Fault::LateAnswer { ms } => FaultAction::Hold(std::time::Duration::from_millis(*ms)),
         }
     }
 
@@ -194,6 +206,9 @@ mod tests {
         );
         let fault: Fault = serde_json::from_str(r#"{"kind":"oauth_url"}"#).expect("oauth");
         assert_eq!(fault, Fault::OauthUrl);
+        let fault: Fault =
+            serde_json::from_str(r#"{"kind":"late_answer","ms":250}"#).expect("late answer");
+        assert_eq!(fault, Fault::LateAnswer { ms: 250 });
         let endpoint: Endpoint = serde_json::from_str(r#""checkpoint""#).expect("endpoint");
         assert_eq!(endpoint, Endpoint::Checkpoint);
     }

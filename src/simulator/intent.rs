@@ -2,6 +2,14 @@
 //!
 //! Nothing runs in the background: expiry is computed when someone looks (a poll or a scan), and
 //! a long poll that must wait gets the instant to wait until. The HTTP layer does the waiting.
+//!
+//! A caller may abandon a poll (hang up) and poll the same intent again later, as the gateway
+//! does when a browser drops and resumes. UNIPILE.md ("Polling again after a poll was
+//! abandoned") leaves that undocumented; the simulator's guess: the provider rotates QRs on its
+//! own clock whether or not anyone polls, so an unwatched intent still times out when its last
+//! QR would have expired; a re-poll answers at once with whatever happened meanwhile (a new QR,
+//! the Account, the 2FA checkpoint, the timeout); and a final answer is kept until a caller
+//! really received it.
 
 use std::time::Instant;
 
@@ -34,12 +42,15 @@ pub(crate) enum Phase {
     WaitingFor2fa,
     /// Scanned (and 2FA solved if needed); the next poll answers this Account.
     Linked(Value),
-    /// Over. Polls that started before `at` still get `answer`; later ones get 404.
+    /// Over. Polls that started before `at` still get `answer`, and so does any poll until
+    /// `answer` has been delivered; after that, later polls get 404.
     Done {
         /// When the intent ended.
         at: Instant,
         /// An `Account` or a `provider/timeout` error.
         answer: Reply,
+        /// Whether a caller that did not hang up received `answer` (see [`Intent::delivered`]).
+        delivered: bool,
     },
 }
 
@@ -48,6 +59,9 @@ pub(crate) enum Phase {
 pub(crate) enum Step {
     /// Answer now.
     Answer(Reply),
+    /// Answer now with the intent's final answer (an `Account` or `provider/timeout`); once it
+    /// has reached a caller that did not hang up, call [`Intent::delivered`].
+    Final(Reply),
     /// Nothing to say yet: wait until this instant (the current QR's expiry) or a change.
     WaitUntil(Instant),
 }
@@ -110,9 +124,15 @@ impl Intent {
         code: &str,
         minter: &Minter,
     ) -> (Step, bool) {
-        if let Phase::Done { at, answer } = &self.phase {
-            let step = if started <= *at {
-                Step::Answer(answer.clone())
+        if let Phase::Done {
+            at,
+            answer,
+            delivered,
+        } = &self.phase
+        {
+            // A final answer whose poll was abandoned is not lost: the next poll gets it.
+            let step = if started <= *at || !delivered {
+                Step::Final(answer.clone())
             } else {
                 Step::Answer(Reply::intent_not_found())
             };
@@ -120,7 +140,7 @@ impl Intent {
         }
         if let Phase::Linked(account) = &self.phase {
             let answer = Reply::object(account.clone());
-            return (Step::Answer(self.finish(now, answer)), true);
+            return (Step::Final(self.finish(now, answer)), true);
         }
         if matches!(self.phase, Phase::WaitingFor2fa) {
             return self.solve_2fa(now, code, minter);
@@ -140,12 +160,43 @@ impl Intent {
         if now < expiry {
             return (Step::WaitUntil(expiry), false);
         }
-        if self.qrs.len() < self.provider.qr_count as usize {
-            self.qrs.push(minter.qr(&self.provider.name, &self.id));
+        if self.rotate(now, started, expiry, minter) {
             (Step::Answer(Reply::object(self.qr_object())), true)
         } else {
-            (Step::Answer(self.finish(now, timeout_reply())), true)
+            (Step::Final(self.finish(now, timeout_reply())), true)
         }
+    }
+
+    /// Issues the QR that follows the current one, which expired at `expiry`; false when the
+    /// provider has no QR left (the intent times out).
+    ///
+    /// A poll that was waiting when the QR expired rotates it then and there (issued `now`, a
+    /// wake-up a little late delays the schedule, as a live provider session would). A poll that
+    /// started after the expiry comes back to an intent nobody watched: the provider went on
+    /// rotating on its own clock, so every QR that would have come up meanwhile is issued
+    /// back-dated to when it would have, and the intent is out of QRs if the last one would
+    /// already have expired.
+    fn rotate(&mut self, now: Instant, started: Instant, expiry: Instant, minter: &Minter) -> bool {
+        let count = self.provider.qr_count as usize;
+        let watched = started <= expiry;
+        let ttl = self.provider.qr_ttl;
+        let missed = if watched || ttl.is_zero() {
+            0
+        } else {
+            // Whole QR lifetimes that went by unwatched since `expiry`.
+            usize::try_from((now - expiry).as_nanos() / ttl.as_nanos()).unwrap_or(usize::MAX)
+        };
+        let mut issued_at = if watched { now } else { expiry };
+        for _ in 0..=missed {
+            if self.qrs.len() >= count {
+                return false;
+            }
+            let mut qr = minter.qr(&self.provider.name, &self.id);
+            qr.issued_at = issued_at;
+            self.qrs.push(qr);
+            issued_at += ttl;
+        }
+        true
     }
 
     /// The "user scanned the QR" event; `code` is the scan page's `?c=`, if it had one.
@@ -180,10 +231,20 @@ impl Intent {
         Ok(())
     }
 
-    /// Ends the intent as timed out (a scripted `provider/timeout` fault).
+    /// Ends the intent as timed out (a scripted `provider/timeout` fault). The fault's own answer
+    /// tells the poll that carried it, so the timeout counts as delivered.
     pub fn time_out(&mut self, now: Instant) {
         if !matches!(self.phase, Phase::Done { .. }) {
             self.finish(now, timeout_reply());
+            self.delivered();
+        }
+    }
+
+    /// The final answer of a [`Step::Final`] reached a caller that did not hang up: from now on,
+    /// polls that start after the end get 404 `api/resource_not_found`.
+    pub fn delivered(&mut self) {
+        if let Phase::Done { delivered, .. } = &mut self.phase {
+            *delivered = true;
         }
     }
 
@@ -209,7 +270,7 @@ impl Intent {
         }
         if self.provider.twofa_password.as_deref() == Some(code) {
             let answer = Reply::object(self.account(minter));
-            (Step::Answer(self.finish(now, answer)), true)
+            (Step::Final(self.finish(now, answer)), true)
         } else {
             let reply = Reply::error(
                 401,
@@ -228,6 +289,7 @@ impl Intent {
         self.phase = Phase::Done {
             at: now,
             answer: answer.clone(),
+            delivered: false,
         };
         answer
     }

@@ -25,6 +25,11 @@
 //! current QR's expiry and waits in one `select!` on the intent's change channel, the expiry and
 //! the shutdown token. Finished intents are kept (with their QRs and polls) for inspection; a
 //! few hundred bytes each, which long load runs can afford.
+//!
+//! A caller may hang up a poll and poll the same intent again later (a gateway resuming a
+//! session): the intent keeps rotating on the provider's clock meanwhile, and a final answer
+//! (`Account`, `provider/timeout`) is kept for the next poll until one caller received it; see
+//! the `intent` module. [`Fault::LateAnswer`] reproduces a hang-up racing a final answer.
 
 mod api;
 mod control;

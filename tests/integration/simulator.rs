@@ -99,6 +99,21 @@ impl TestSim {
     async fn wait_for(&self, pred: impl Fn(&[PollRecord]) -> bool) {
         within(self.sim.wait_for_polls(pred)).await;
     }
+
+    /// A poll the caller abandons: sent, held by the simulator (recorded as pending), then hung
+    /// up, as the gateway does when a browser drops. Returns once the hang-up is recorded.
+    async fn abandoned_poll(&self, intent_id: &str, code: &str) {
+        let index = self.sim.polls().len();
+        let body = json!({"code": code, "intent_id": intent_id});
+        let mut poll = Box::pin(self.post("/v2/auth/checkpoint", body));
+        tokio::select! {
+            _ = &mut poll => panic!("the poll to abandon should still be waiting"),
+            () = self.wait_for(|polls| polls.get(index).is_some_and(|p| p.outcome == PollOutcome::Pending)) => {}
+        }
+        drop(poll);
+        self.wait_for(|polls| polls[index].outcome == PollOutcome::HungUp)
+            .await;
+    }
 }
 
 async fn within<F: Future>(future: F) -> F::Output {
@@ -628,4 +643,189 @@ async fn shutting_down_answers_pending_polls_so_serve_returns() {
         .await
         .expect("task")
         .expect("serve returns Ok");
+}
+
+// Polling again after a poll was abandoned (UNIPILE.md, the simulator's guess), over HTTP: each
+// test hangs up a poll first, as a gateway does when the browser drops, then polls again.
+
+/// How long the last poll took, by the simulator's own record.
+fn last_poll_took(t: &TestSim) -> Duration {
+    let last = t.sim.polls().pop().expect("a poll");
+    last.ended.expect("ended") - last.started
+}
+
+fn outcome(status: u16, object: &str) -> PollOutcome {
+    PollOutcome::Answered {
+        status,
+        object: object.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn repoll_rule_1_an_abandoned_intent_times_out_when_its_last_qr_would_have_expired() {
+    let ttl = Duration::from_millis(50);
+    let t = TestSim::start(ttl, 3).await;
+    let id = t.intent("whatsapp").await;
+    let issued_by = Instant::now();
+    t.abandoned_poll(&id, "").await;
+    // What the test waits for is time itself: all three QR lifetimes going by unwatched.
+    tokio::time::sleep_until((issued_by + ttl * 3 + Duration::from_millis(20)).into()).await;
+    let (status, error) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "got {error}");
+    assert_eq!(error["type"], "provider/timeout");
+    assert_eq!(t.sim.issued_qrs(&id).len(), 3, "rotated without a poll");
+    let (status, gone) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(gone["type"], "api/resource_not_found");
+}
+
+#[tokio::test]
+async fn repoll_rule_2_a_repoll_after_the_shown_qr_expired_answers_a_new_qr_at_once() {
+    let ttl = Duration::from_millis(400);
+    let t = TestSim::start(ttl, 5).await;
+    let id = t.intent("whatsapp").await;
+    let issued_by = Instant::now();
+    t.abandoned_poll(&id, "").await;
+    // Time itself again: the shown QR expiring while nobody polls.
+    tokio::time::sleep_until((issued_by + ttl + Duration::from_millis(20)).into()).await;
+    let (status, qr) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(qr["object"], "AuthenticationQrCode");
+    let issued = t.sim.issued_qrs(&id);
+    assert_eq!(issued.len(), 2, "one rotation: {issued:?}");
+    assert_eq!(qr["qrcode"], issued[1].as_str());
+    assert_ne!(issued[0], issued[1]);
+    // A poll that waited would have lasted until the new QR's expiry, most of a lifetime.
+    let took = last_poll_took(&t);
+    assert!(took < ttl / 2, "answered after {took:?}, not at once");
+}
+
+#[tokio::test]
+async fn repoll_rule_3_a_scan_while_the_poll_was_abandoned_answers_the_account_at_once() {
+    let t = TestSim::start(Duration::from_secs(60), 5).await;
+    let id = t.intent("whatsapp").await;
+    t.abandoned_poll(&id, "").await;
+    t.sim.scan(&id).expect("scan while nobody polls");
+    let (status, account) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(account["object"], "Account");
+    assert_eq!(account["id"], id.as_str());
+    let (status, gone) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "delivered once: {gone}");
+}
+
+#[tokio::test]
+async fn repoll_rules_3_and_4_telegram_asks_for_2fa_at_once_and_a_hung_up_solve_keeps_its_account()
+{
+    let t = TestSim::start(Duration::from_secs(60), 5).await;
+    let id = t.intent("telegram").await;
+    t.abandoned_poll(&id, "").await;
+    t.sim.scan(&id).expect("scan while nobody polls");
+    let (status, checkpoint) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(checkpoint["object"], "AuthenticationCheckpoint");
+    assert_eq!(checkpoint["checkpoint"]["type"], "2FA");
+    // The password is taken at once, but the caller hangs up before the answer comes.
+    t.sim
+        .push_fault(Endpoint::Checkpoint, Fault::LateAnswer { ms: 60_000 });
+    t.abandoned_poll(&id, "hunter2").await;
+    let (status, account) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(account["object"], "Account");
+    assert_eq!(t.poll(&id, "").await.0, StatusCode::NOT_FOUND);
+    let outcomes: Vec<PollOutcome> = t.sim.polls().into_iter().map(|p| p.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            PollOutcome::HungUp,
+            outcome(200, "AuthenticationCheckpoint"),
+            PollOutcome::HungUp,
+            outcome(200, "Account"),
+            outcome(404, "Error:api/resource_not_found"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn repoll_rule_4_an_account_whose_poll_hung_up_goes_to_the_next_poll() {
+    let t = TestSim::start(Duration::from_secs(60), 5).await;
+    let id = t.intent("whatsapp").await;
+    t.sim.scan(&id).expect("scan");
+    // The simulator answers the Account, slowly; the caller hangs up before it arrives.
+    t.sim
+        .push_fault(Endpoint::Checkpoint, Fault::LateAnswer { ms: 60_000 });
+    t.abandoned_poll(&id, "").await;
+    let (status, account) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(account["object"], "Account");
+    assert_eq!(account["id"], id.as_str());
+    let (status, gone) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(gone["type"], "api/resource_not_found");
+}
+
+#[tokio::test]
+async fn repoll_rule_4_a_late_answer_reaches_a_caller_that_waits_for_it() {
+    let t = TestSim::start(Duration::from_secs(60), 5).await;
+    let id = t.intent("whatsapp").await;
+    t.sim.scan(&id).expect("scan");
+    t.sim
+        .push_fault(Endpoint::Checkpoint, Fault::LateAnswer { ms: 30 });
+    let started = Instant::now();
+    let (status, account) = t.poll(&id, "").await;
+    assert!(started.elapsed() >= Duration::from_millis(30));
+    assert_eq!(
+        (status, &account["object"]),
+        (StatusCode::OK, &json!("Account"))
+    );
+    assert_eq!(t.poll(&id, "").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn repoll_rule_5_a_repoll_before_the_qr_expired_waits_as_usual() {
+    let t = TestSim::start(Duration::from_secs(60), 5).await;
+    let id = t.intent("whatsapp").await;
+    t.abandoned_poll(&id, "").await;
+    let repoll = tokio::spawn({
+        let (http, base, id) = (t.http.clone(), t.base.clone(), id.clone());
+        async move {
+            let response = http
+                .post(format!("{base}/v2/auth/checkpoint"))
+                .header("X-API-KEY", KEY)
+                .json(&json!({"code": "", "intent_id": id}))
+                .send()
+                .await
+                .expect("poll sent");
+            response.json::<Value>().await.expect("json")
+        }
+    });
+    t.wait_for(|polls| polls.len() == 2 && polls[1].outcome == PollOutcome::Pending)
+        .await;
+    // It is waiting, not answered: only the scan ends it.
+    t.sim.scan(&id).expect("scan");
+    let account = within(repoll).await.expect("poll task");
+    assert_eq!(account["object"], "Account");
+    assert_eq!(t.sim.issued_qrs(&id).len(), 1);
+}
+
+#[tokio::test]
+async fn repoll_rule_6_a_scripted_resource_not_found_answers_a_repoll() {
+    let t = TestSim::start(Duration::from_secs(60), 5).await;
+    let id = t.intent("whatsapp").await;
+    t.abandoned_poll(&id, "").await;
+    let not_found = Fault::Error {
+        error_type: "api/resource_not_found".into(),
+        status: 404,
+        detail: None,
+    };
+    t.sim.push_fault(Endpoint::Checkpoint, not_found);
+    let (status, error) = t.poll(&id, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["object"], "Error");
+    assert_eq!(error["type"], "api/resource_not_found");
+    assert_eq!(error["status"], 404);
+    assert_eq!(
+        t.sim.polls()[1].outcome,
+        outcome(404, "Error:api/resource_not_found")
+    );
 }
