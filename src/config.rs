@@ -195,6 +195,12 @@ pub struct Config {
     #[arg(long, env = "QRLINK_SESSIONS_PER_IP_PER_MINUTE", default_value_t = 60)]
     pub sessions_per_ip_per_minute: u32,
 
+    /// How long a link attempt whose socket dropped (reload, network loss) waits for its page to
+    /// resume it with the `resume` token of its frames; `0` turns resume off (protocol v1: no
+    /// `resume` field, a hang-up ends the attempt).
+    #[arg(long, env = "QRLINK_RESUME_GRACE", default_value = "120s", value_parser = parse_duration)]
+    pub resume_grace: Duration,
+
     /// Longest a link attempt may last, whatever the upstream does.
     #[arg(long, env = "QRLINK_MAX_ATTEMPT_DURATION", default_value = "10m", value_parser = parse_duration)]
     pub max_attempt_duration: Duration,

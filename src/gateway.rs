@@ -22,8 +22,7 @@ use crate::config::{Config, UpstreamHttp};
 use crate::http::{SIMULATOR_MOUNT, router};
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::AppState;
-use crate::store::SessionRegistry;
-use crate::store::limits::Limits;
+use crate::store::{Store, StoreConfig};
 use crate::upstream::{self, HttpVersion, RetryPolicy, Timeouts, UnipileClient};
 
 /// How long a connection accepted during shutdown may take to send its request.
@@ -79,19 +78,25 @@ impl Gateway {
             },
         )?;
         crate::metrics::install();
-        let limits = Limits::new(
-            config.max_sessions,
-            config.max_sessions_per_ip,
-            config.sessions_per_ip_per_minute,
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let store = Store::memory(
+            StoreConfig {
+                resume_grace: config.resume_grace,
+                max_sessions: config.max_sessions,
+                max_sessions_per_ip: config.max_sessions_per_ip,
+                sessions_per_ip_per_minute: config.sessions_per_ip_per_minute,
+            },
+            tracker.clone(),
+            shutdown.clone(),
         );
         Ok(Gateway {
             state: Arc::new(AppState {
                 config,
                 upstream,
-                sessions: SessionRegistry::new(),
-                limits,
-                shutdown: CancellationToken::new(),
-                tracker: TaskTracker::new(),
+                store,
+                shutdown,
+                tracker,
                 ready: AtomicBool::new(true),
                 demo_twofa_password: simulator.as_ref().and_then(|s| s.1.clone()),
                 simulator: simulator.map(|s| s.0),

@@ -14,13 +14,14 @@
 //! - [`state`]: [`state::AppState`], what every handler shares.
 //! - [`link`]: one link attempt, the checkpoint loop, as a plain async function over a channel;
 //!   [`link::protocol`], the wire frames, error and close codes, limits.
-//! - [`store`]: the registry of open attempts (DashMap behind a drop guard) and the admission
-//!   limits.
+//! - [`store`]: the session store: every attempt's record (attached or detached), the directory,
+//!   watch events, resume and takeover, admission limits; `memory` behind one interface.
 //! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries; HTTP/1.1 over
 //!   reqwest, or HTTP/2 streams on its own small pool of connections (`upstream/h2pool.rs`).
 //! - [`qr`]: QR encoding and SVG / terminal rendering, pure functions.
 //! - [`simulator`]: the embedded Unipile simulator (demo mode, tests, `qrlink simulate`).
 //! - [`config`]: flags and environment variables (`--help` text lives there).
+//! - [`secret`]: random ids and secrets, constant-time comparison.
 //! - [`net`]: TCP accept with back-off, for the gateway's and the simulator's accept loops.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`telemetry`]: tracing setup.
@@ -34,6 +35,7 @@ pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod qr;
+pub mod secret;
 pub mod simulator;
 pub mod state;
 pub mod store;

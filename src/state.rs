@@ -8,8 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::simulator::Simulator;
-use crate::store::SessionRegistry;
-use crate::store::limits::Limits;
+use crate::store::Store;
 use crate::upstream::UnipileClient;
 
 /// State shared by every handler.
@@ -19,10 +18,8 @@ pub struct AppState {
     pub config: Config,
     /// The one Unipile client (one connection pool).
     pub upstream: UnipileClient,
-    /// Open link attempts.
-    pub sessions: SessionRegistry,
-    /// Admission limits (overall and per client address).
-    pub limits: Limits,
+    /// Every link attempt, attached or detached, and the admission limits.
+    pub store: Store,
     /// Cancelled when shutdown begins; every socket task watches it.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.

@@ -1,5 +1,7 @@
 /**
- * qrlink protocol v1: TypeScript definitions of every WebSocket message.
+ * qrlink protocol v1, with the v1.1 additions (resume): TypeScript definitions of every
+ * WebSocket message. v1.1 only adds optional fields, an error code, close codes and watch
+ * events, so a v1 client keeps working.
  *
  * Served by the gateway at `/qrlink.d.ts`, beside the AsyncAPI document (`/asyncapi.yaml`) and
  * the JSON Schemas (`/schema/*.json`) it mirrors. Every message is one JSON object in one
@@ -22,8 +24,17 @@
  * ```
  */
 
-/** The protocol version these definitions describe. */
+/** The protocol version these definitions describe (`protocol` in /config.json; v1.1 is additive). */
 export type ProtocolVersion = 1;
+
+/**
+ * v1.1: the resume token, an opaque URL-safe string (at least 128 random bits), the same in
+ * every `qr` and `checkpoint` frame of a session. Present only when the gateway keeps
+ * detached sessions (`resume_grace_secs` > 0 in /config.json). After a socket closes without
+ * a terminal frame and without `cancel`, `GET /ws/link/{provider}?resume=TOKEN` re-attaches to
+ * the session within the grace (no connect token needed). Keep it like a password.
+ */
+export type ResumeToken = string;
 
 /** A provider id, e.g. `whatsapp`, `google_messages`, `telegram` (configurable per gateway). */
 export type Provider = "whatsapp" | "google_messages" | "telegram" | (string & {});
@@ -62,6 +73,14 @@ export interface QrFrame extends FrameBase {
   text?: string;
   /** The string the QR encodes (`?qr=raw`). */
   raw?: string;
+  /** v1.1: the session's resume token (never on `/ws/watch`). */
+  resume?: ResumeToken;
+  /**
+   * v1.1: only on the first frame of a resumed socket, the session's last frame sent again
+   * unchanged (same `seq`, `rotation`, `expires_at`). Past its `expires_at` the code no longer
+   * works: show it as expired, the next `qr` follows.
+   */
+  replay?: true;
 }
 
 /** Unipile's checkpoint object, passed through; unknown fields kept. */
@@ -82,6 +101,10 @@ export interface CheckpointFrame extends FrameBase {
    * answers in all; after the third wrong one the session ends with an `error` frame).
    */
   error?: { code: "provider/invalid_checkpoint_code"; message: string };
+  /** v1.1: the session's resume token (never on `/ws/watch`). */
+  resume?: ResumeToken;
+  /** v1.1: only on the first frame of a resumed socket: the same checkpoint asked again. */
+  replay?: true;
 }
 
 /** Unipile's Account object, passed through; unknown fields kept. */
@@ -128,7 +151,12 @@ export type GatewayErrorCode =
   /** Unipile asked for a step a QR flow cannot take (e.g. an OAuth URL). */
   | "gateway/unsupported_step"
   /** An operator cancelled the session. */
-  | "session/cancelled";
+  | "session/cancelled"
+  /**
+   * v1.1: the `?resume=` token is unknown, its session ended, or its grace passed (close
+   * 1008). Retryable: start a new attempt.
+   */
+  | "session/expired";
 
 /** Unipile error types the link page names; any other upstream `type` passes through too. */
 export type UpstreamErrorCode =
@@ -191,11 +219,31 @@ export type ClientMessage = CancelMessage | CodeMessage;
  * - 1001: the gateway is shutting down (`gateway/shutting_down`)
  * - 1003: the client sent binary data (`request/invalid_message`)
  * - 1007: the client sent text that is not a JSON message (`request/invalid_message`)
- * - 1008: policy: bad connect token or unknown provider
+ * - 1008: policy: bad connect token, unknown provider, a resume token that cannot be resumed
+ *   (after `session/expired`) or one used on another provider's path (no frame)
  * - 1009: the client sent a message over 4096 bytes (`request/invalid_message`)
+ * - 1012: v1.1, service restart (a cluster node stopping): no frame; the session is
+ *   detached, so resume it
  * - 1013: over capacity, try again later (`gateway/overloaded`)
+ * - 4000: v1.1, `resumed elsewhere`: another socket resumed this session and took it over;
+ *   no frame, do not reconnect
+ *
+ * Any close without a terminal frame other than 1000 after `cancel`, 1008, 4000 and the
+ * protocol errors (1003, 1007, 1009), e.g. 1006 or 1012, leaves a resumable session detached.
  */
-export type CloseCode = 1000 | 1001 | 1003 | 1007 | 1008 | 1009 | 1013;
+export type CloseCode = 1000 | 1001 | 1003 | 1007 | 1008 | 1009 | 1012 | 1013 | 4000;
+
+/** Query parameters of `/ws/link/{provider}`. */
+export interface LinkQuery {
+  /** Connect token, required when the gateway has `QRLINK_TOKEN_SECRET` (not on resume). */
+  token?: string;
+  /** Comma list of `svg` (default), `text`, `raw`. */
+  qr?: string;
+  /** Relink an existing Unipile account (only from the connect token when tokens are configured). */
+  account_id?: string;
+  /** v1.1: re-attach to the session of this resume token instead of starting a new one. */
+  resume?: ResumeToken;
+}
 
 // ------------------------------------------------------------------ /ws/watch
 
@@ -207,6 +255,8 @@ export type Phase =
   | "qr"
   /** Waiting for the client's checkpoint code. */
   | "checkpoint"
+  /** v1.1: its socket went away without ending it; it waits out the resume grace. */
+  | "detached"
   /** A terminal frame was sent; the socket is closing. */
   | "closing";
 
@@ -241,8 +291,37 @@ export interface OpenedEvent {
 }
 
 /**
+ * v1.1: the session's socket closed without a terminal frame and without `cancel`; it waits
+ * out the resume grace in phase `detached` (then `resumed`, or `closed` `disconnected`).
+ */
+export interface DetachedEvent {
+  type: "detached";
+  session: SessionId;
+  at: Timestamp;
+}
+
+/**
+ * v1.1: a socket re-attached to the session with its resume token; the session is back in the
+ * phase it had before (`qr` or `checkpoint`), which its next frame confirms.
+ */
+export interface ResumedEvent {
+  type: "resumed";
+  session: SessionId;
+  at: Timestamp;
+}
+
+/** A session frame as forwarded to watchers: never with the resume token. */
+export type WatchedFrame =
+  | Omit<QrFrame, "resume">
+  | Omit<CheckpointFrame, "resume">
+  | AccountFrame
+  | TimeoutFrame
+  | ErrorFrame;
+
+/**
  * How a session ended: linked, nobody scanned, an error frame, cancelled (client `cancel` or
- * operator DELETE), the client went away, or the gateway stopped.
+ * operator DELETE), the client went away (with resume: a detached session whose grace
+ * passed), or the gateway stopped.
  */
 export type Outcome = "account" | "timeout" | "error" | "cancelled" | "disconnected" | "shutdown";
 
@@ -276,6 +355,14 @@ export interface LaggedEvent {
 
 /**
  * What the gateway sends on `/ws/watch`: a snapshot first, then `opened`, each session's
- * frames (QR content absent unless asked for and allowed), `closed`, and `lagged`.
+ * frames (QR content absent unless asked for and allowed; never `resume`), `detached` and
+ * `resumed` (v1.1), `closed`, and `lagged`.
  */
-export type WatchEvent = SnapshotEvent | OpenedEvent | ClosedEvent | LaggedEvent | ServerFrame;
+export type WatchEvent =
+  | SnapshotEvent
+  | OpenedEvent
+  | DetachedEvent
+  | ResumedEvent
+  | ClosedEvent
+  | LaggedEvent
+  | WatchedFrame;

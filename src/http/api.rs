@@ -44,6 +44,8 @@ pub async fn page_config(State(state): State<Arc<AppState>>) -> Response {
         "protocol": crate::link::protocol::PROTOCOL_VERSION,
         "demo": demo,
         "token_required": state.config.token_secret.is_some(),
+        // How long the page may try to resume a dropped attempt; 0 = resume off.
+        "resume_grace_secs": state.config.resume_grace.as_secs_f64(),
         "simulator": demo.then_some(SIMULATOR_MOUNT),
         "demo_twofa_password": state.demo_twofa_password,
         "providers": providers_json(&state),
@@ -58,7 +60,7 @@ pub async fn list_providers(State(state): State<Arc<AppState>>) -> Json<serde_js
 
 /// `GET /api/sessions`: a snapshot of the open sessions.
 pub async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "sessions": state.sessions.snapshot() }))
+    Json(json!({ "sessions": state.store.snapshot() }))
 }
 
 /// `DELETE /api/sessions/{id}`: 204, or 404 when no such session is open.
@@ -66,7 +68,7 @@ pub async fn cancel_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Response {
-    if state.sessions.cancel(&id) {
+    if state.store.cancel(&id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         (

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::secret::constant_time_eq;
 
 /// The subprotocol a client offers to speak protocol v1.
 pub const SUBPROTOCOL: &str = "qrlink.v1";
@@ -132,10 +133,6 @@ pub fn admin(
         None if client_addr(config, peer, headers).ip().is_loopback() => Ok(()),
         None => Err(Refusal::NotLoopback),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A connect token's claims.
@@ -330,12 +327,5 @@ mod tests {
         let q = "xyz".to_owned();
         assert_eq!(token_from_request(Some(&q), &headers), Some("xyz"));
         assert_eq!(token_from_request(None, &HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn constant_time_eq_compares_whole_values() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

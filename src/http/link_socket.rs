@@ -38,8 +38,7 @@ use crate::link::protocol::{
 };
 use crate::link::{self, LinkRequest, QrFormats};
 use crate::state::AppState;
-use crate::store::limits::Denied;
-use crate::store::{Outcome, SessionGuard};
+use crate::store::{Attachment, Denied, Outcome, ResumeRefused, Resumed};
 
 /// Frames the link attempt may queue ahead of the socket. Small: a client that does not read
 /// stalls its own attempt, never the gateway.
@@ -106,38 +105,58 @@ struct Attempt {
     token: Option<String>,
 }
 
-/// How a socket ends, besides the terminal frame it may already have sent.
-struct Ending {
-    error: Option<ErrorFrame>,
-    close_code: u16,
+/// How a socket's loop ends.
+enum Leave {
+    /// The session ends: an error frame first when there is one, then this close code.
+    End {
+        error: Option<ErrorFrame>,
+        close_code: u16,
+    },
+    /// The client went away without a terminal frame or `cancel` (hang-up, silence, a frame it
+    /// did not take): the session detaches and waits for a resume (with resume off, or when
+    /// nothing resumable was shown yet, it ends as `disconnected`, as in protocol v1).
+    Detach,
+    /// Another socket resumed the session: this one closes 4000, with no terminal frame.
+    TakenOver,
 }
 
-impl Ending {
-    fn error(code: &str, retryable: bool, close_code: u16) -> Option<Ending> {
-        Some(Ending {
+impl Leave {
+    fn error(code: &str, retryable: bool, close_code: u16) -> Leave {
+        Leave::End {
             error: Some(ErrorFrame::gateway(code, retryable)),
             close_code,
-        })
+        }
     }
 }
 
 /// Refuses a socket before any session exists: one error frame, then the close code.
 async fn refuse(mut socket: Box<Socket>, code: &str, retryable: bool, close_code: u16) {
-    let frame = Envelope {
-        session: String::new(),
-        seq: 1,
-        frame: ServerFrame::Error(ErrorFrame::gateway(code, retryable)),
-    };
+    let frame = Envelope::new(
+        "",
+        1,
+        ServerFrame::Error(ErrorFrame::gateway(code, retryable)),
+    );
     let text = serde_json::to_string(&frame).expect("frames serialize");
     if send_text(&mut socket, text).await.is_ok() {
-        close_socket(socket, close_code).await;
+        close_socket(socket, close_code, "").await;
     }
+}
+
+/// Refuses a socket the admission limits turned away.
+async fn refuse_denied(socket: Box<Socket>, client: SocketAddr, denied: Denied) {
+    let code = match denied {
+        Denied::Overloaded => codes::OVERLOADED,
+        Denied::RateLimited => codes::RATE_LIMITED,
+    };
+    tracing::info!(client = %client.ip(), code, "refused a link attempt");
+    refuse(socket, code, true, close::TRY_AGAIN_LATER).await;
 }
 
 /// The session's task: every open session keeps this future (and the loop's) for its whole
 /// life, so the socket is boxed (an async fn keeps a by-value argument twice, as upvar and as
-/// local, in each future it is passed down to) and the cold paths (`refuse`, the ending) are
-/// boxed futures; this took the task from 3,328 to about 1,400 bytes (`-Zprint-type-sizes`).
+/// local, in each future it is passed down to) and the cold paths (refusals, the resume, the
+/// ending) are boxed futures; this took the task from 3,328 to about 1,400 bytes
+/// (`-Zprint-type-sizes`).
 async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt) {
     let Attempt {
         provider,
@@ -163,6 +182,13 @@ async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt
         ))
         .await;
     }
+    if let Some(resume) = params.get("resume") {
+        let formats = params.get("qr").map(|q| QrFormats::parse(q));
+        return Box::pin(resume_socket(
+            socket, state, &provider, formats, client, resume,
+        ))
+        .await;
+    }
     let claims = match &state.config.token_secret {
         Some(secret) => {
             match auth::verify(
@@ -181,16 +207,9 @@ async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt
         }
         None => None,
     };
-    let permit = match state.limits.admit(client.ip(), state.sessions.len()) {
+    let permit = match state.store.admit(client.ip()) {
         Ok(p) => p,
-        Err(denied) => {
-            let code = match denied {
-                Denied::Overloaded => codes::OVERLOADED,
-                Denied::RateLimited => codes::RATE_LIMITED,
-            };
-            tracing::info!(client = %client.ip(), code, "refused a link attempt");
-            return Box::pin(refuse(socket, code, true, close::TRY_AGAIN_LATER)).await;
-        }
+        Err(denied) => return Box::pin(refuse_denied(socket, client, denied)).await,
     };
 
     // With connect tokens, what to link comes from the token alone, never from the URL.
@@ -198,8 +217,6 @@ async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt
         Some(c) => (c.account_id, Some(c.sub), c.proxy),
         None => (params.get("account_id").cloned(), None, None),
     };
-    let session = state.sessions.register(&provider, client);
-    let span = tracing::info_span!("session", id = %session.id, provider = %provider);
     let req = LinkRequest {
         qr_ttl: state.config.qr_ttl.for_provider(&provider),
         formats: params
@@ -211,57 +228,118 @@ async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt
         proxy,
         provider,
     };
-    session_loop(socket, &state, &session, &req)
-        .instrument(span)
-        .await;
+    let session = state.store.open(client, req);
+    let span = tracing::info_span!("session", id = %session.id, provider = %session.provider);
+    async {
+        tracing::info!(client = %client.ip(), "link attempt opened");
+        session_loop(socket, &state, session, None).await;
+    }
+    .instrument(span)
+    .await;
     drop(permit);
 }
 
+/// `?resume=TOKEN`: re-attaches the token's session to this socket, replays its last frame and
+/// runs the attempt on. The token is the credential (no connect token); the address's admission
+/// limits apply as to a new attempt. The token itself is never logged.
+async fn resume_socket(
+    socket: Box<Socket>,
+    state: Arc<AppState>,
+    provider: &str,
+    formats: Option<QrFormats>,
+    client: SocketAddr,
+    token: &str,
+) {
+    let permit = match state.store.admit_resume(client.ip()) {
+        Ok(p) => p,
+        Err(denied) => return refuse_denied(socket, client, denied).await,
+    };
+    let Resumed { attachment, replay } = match state.store.resume(token, provider, formats).await {
+        Ok(resumed) => resumed,
+        Err(refusal) => {
+            tracing::info!(client = %client.ip(), reason = %refusal, "refused a resume");
+            let (code, retryable, close_code) = match refusal {
+                ResumeRefused::Expired => (codes::SESSION_EXPIRED, true, close::POLICY),
+                ResumeRefused::WrongProvider => (codes::UNAUTHORIZED, false, close::POLICY),
+                ResumeRefused::Busy => (codes::OVERLOADED, true, close::TRY_AGAIN_LATER),
+            };
+            return refuse(socket, code, retryable, close_code).await;
+        }
+    };
+    let span = tracing::info_span!("session", id = %attachment.id, provider = %attachment.provider);
+    async {
+        tracing::info!(client = %client.ip(), "link attempt resumed");
+        session_loop(socket, &state, attachment, Some(replay)).await;
+    }
+    .instrument(span)
+    .await;
+    drop(permit);
+}
+
+/// One socket's part of a session: the replayed frame when it resumes, then the attempt from
+/// where it stood, until a terminal frame, a cancel, a hang-up or a takeover.
 async fn session_loop(
     mut socket: Box<Socket>,
     state: &AppState,
-    session: &SessionGuard,
-    req: &LinkRequest,
+    session: Attachment,
+    replay: Option<Envelope>,
 ) {
-    tracing::info!(client = %session.client.ip(), "link attempt opened");
     let config = &state.config;
+    let req = session.request();
+    let mut cursor = session.cursor();
+    if let Some(replay) = replay {
+        let sent = Box::pin(send_frame(&mut socket, config.client_timeout, &replay)).await;
+        if sent.is_err() {
+            tracing::info!("client gone before the replay; detached again");
+            session.detach(cursor);
+            return;
+        }
+    }
     let (frames_tx, mut frames_rx) = mpsc::channel(FRAME_QUEUE);
     let (codes_tx, codes_rx) = mpsc::channel(CODE_QUEUE);
-    // Boxed so it can be dropped (aborting its upstream request) before the close handshake.
-    let mut attempt = Box::pin(link::run(&state.upstream, req, frames_tx, codes_rx));
+    // Boxed so it can be dropped (aborting its upstream request) before anything else.
+    let mut attempt = Box::pin(link::run(
+        &state.upstream,
+        &req,
+        &mut cursor,
+        frames_tx,
+        codes_rx,
+    ));
     let mut attempt_done = false;
-    let mut seq = 0u64;
-    let deadline = tokio::time::sleep(config.max_attempt_duration);
+    // From the attempt's start, whichever socket it is on now.
+    let deadline = tokio::time::sleep_until(Instant::from_std(
+        session.started + config.max_attempt_duration,
+    ));
     tokio::pin!(deadline);
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let mut last_heard = Instant::now();
 
-    let ending: Option<Ending> = loop {
+    let leave = loop {
         tokio::select! {
             biased;
             _ = state.shutdown.cancelled() => {
-                break Ending::error(codes::SHUTTING_DOWN, true, close::GOING_AWAY);
+                break Leave::error(codes::SHUTTING_DOWN, true, close::GOING_AWAY);
             }
             _ = session.cancel.cancelled() => {
-                break Ending::error(codes::CANCELLED, true, close::NORMAL);
+                break Leave::error(codes::CANCELLED, true, close::NORMAL);
             }
+            _ = session.takeover.cancelled() => break Leave::TakenOver,
             () = &mut deadline => {
-                break Ending::error(codes::SESSION_EXPIRED, true, close::NORMAL);
+                break Leave::error(codes::SESSION_EXPIRED, true, close::NORMAL);
             }
             frame = frames_rx.recv() => {
-                let Some(frame) = frame else {
-                    // The attempt ended without a terminal frame: only when its client is gone.
-                    break None;
-                };
+                // `None` only if the attempt gave up on its channels, which this loop holds.
+                let Some(frame) = frame else { break Leave::Detach };
                 let terminal = frame.is_terminal();
                 // Boxed: the send's state is only alive while a frame goes out.
-                if Box::pin(emit(&mut socket, state, session, &mut seq, *frame)).await.is_err() {
-                    tracing::info!("client gone or not reading; dropping it");
-                    return;
+                if Box::pin(emit(&mut socket, state, &session, *frame)).await.is_err() {
+                    // A terminal frame has set the outcome: detaching then ends the session.
+                    tracing::info!("client gone or not reading");
+                    break Leave::Detach;
                 }
                 if terminal {
-                    break Some(Ending { error: None, close_code: close::NORMAL });
+                    break Leave::End { error: None, close_code: close::NORMAL };
                 }
             }
             () = &mut attempt, if !attempt_done => {
@@ -270,12 +348,12 @@ async fn session_loop(
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= config.client_timeout {
-                    tracing::info!("client silent too long; dropping it");
-                    return;
+                    tracing::info!("client silent too long");
+                    break Leave::Detach;
                 }
                 let sent = tokio::time::timeout(config.client_timeout, socket.send(Message::Ping(Bytes::new()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
-                    return;
+                    break Leave::Detach;
                 }
             }
             msg = socket.next() => {
@@ -284,19 +362,19 @@ async fn session_loop(
                     Incoming::Ignore => {}
                     Incoming::Gone => {
                         tracing::info!("client disconnected");
-                        return;
+                        break Leave::Detach;
                     }
                     Incoming::Cancel => {
                         tracing::info!("client cancelled");
                         session.set_outcome(Outcome::Cancelled, None);
-                        break Some(Ending { error: None, close_code: close::NORMAL });
+                        break Leave::End { error: None, close_code: close::NORMAL };
                     }
                     Incoming::Code(code) => {
                         // A full queue means the client is flooding codes; dropping extras is fine.
                         let _ = codes_tx.try_send(Box::new(code));
                     }
                     Incoming::Invalid(close_code) => {
-                        break Ending::error(codes::INVALID_MESSAGE, false, close_code);
+                        break Leave::error(codes::INVALID_MESSAGE, false, close_code);
                     }
                 }
             }
@@ -304,22 +382,44 @@ async fn session_loop(
     };
     // Drop the attempt (and its upstream request) before anything else is awaited.
     drop(attempt);
-    let Some(ending) = ending else {
-        return;
-    };
-    // Boxed: the ending's futures are alive once per session, not during the loop.
+    // Boxed: the ending's futures are alive once per socket, not during the loop.
     Box::pin(async move {
-        if let Some(error) = ending.error {
-            tracing::info!(code = %error.code, "session ended by the gateway");
-            let frame = ServerFrame::Error(error);
-            if emit(&mut socket, state, session, &mut seq, frame)
-                .await
-                .is_err()
-            {
-                return;
+        match leave {
+            Leave::Detach => {
+                // Frames the attempt queued that never went out: the last one is what a resume
+                // replays (a terminal one ends the session instead).
+                while let Ok(frame) = frames_rx.try_recv() {
+                    let env = session.record(*frame);
+                    session.publish_frame(env);
+                }
+                session.detach(cursor);
+                // A client that closed (a reload sends 1001) gets tungstenite's queued answer.
+                // tungstenite writes it, then reports the connection closed before flushing its
+                // stream, so the gathering writer under it is flushed here.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                    let _ = socket.flush().await;
+                    let _ = tokio::io::AsyncWriteExt::flush(socket.get_mut()).await;
+                })
+                .await;
+            }
+            Leave::TakenOver => {
+                tracing::info!("resumed elsewhere");
+                session.detach(cursor);
+                close_socket(socket, close::RESUMED_ELSEWHERE, "resumed elsewhere").await;
+            }
+            Leave::End { error, close_code } => {
+                if let Some(error) = error {
+                    tracing::info!(code = %error.code, "session ended by the gateway");
+                    let frame = ServerFrame::Error(error);
+                    if emit(&mut socket, state, &session, frame).await.is_err() {
+                        session.end();
+                        return;
+                    }
+                }
+                close_socket(socket, close_code, "").await;
+                session.end();
             }
         }
-        close_socket(socket, ending.close_code).await;
     })
     .await;
 }
@@ -366,21 +466,19 @@ fn ws_error_kind(e: &tungstenite::Error) -> Option<u16> {
 async fn emit(
     socket: &mut Socket,
     state: &AppState,
-    session: &SessionGuard,
-    seq: &mut u64,
+    session: &Attachment,
     frame: ServerFrame,
 ) -> Result<(), ()> {
-    session.record_frame(&frame);
-    *seq += 1;
-    let envelope = Envelope {
-        session: session.id.clone(),
-        seq: *seq,
-        frame,
-    };
-    let text = serde_json::to_string(&envelope).expect("frames serialize");
-    let sent = tokio::time::timeout(state.config.client_timeout, send_text(socket, text)).await;
-    state.sessions.publish_frame(|| envelope);
-    match sent {
+    let envelope = session.record(frame);
+    let sent = send_frame(socket, state.config.client_timeout, &envelope).await;
+    session.publish_frame(envelope);
+    sent
+}
+
+/// Sends a frame; fails if the client is gone or has not taken it within `timeout`.
+async fn send_frame(socket: &mut Socket, timeout: Duration, envelope: &Envelope) -> Result<(), ()> {
+    let text = serde_json::to_string(envelope).expect("frames serialize");
+    match tokio::time::timeout(timeout, send_text(socket, text)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -388,10 +486,10 @@ async fn emit(
 
 /// Sends Close and waits briefly for the client's Close, so well-behaved clients see a clean
 /// close handshake; a silent client is dropped after [`CLOSE_HANDSHAKE`].
-async fn close_socket(mut socket: Box<Socket>, code: u16) {
+async fn close_socket(mut socket: Box<Socket>, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code: code.into(),
-        reason: "".into(),
+        reason: reason.into(),
     };
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
         if socket.send(Message::Close(Some(frame))).await.is_err() {

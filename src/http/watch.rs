@@ -52,11 +52,11 @@ async fn watch_socket(
     with_qr: bool,
 ) {
     // Subscribe before the snapshot so no event falls between the two.
-    let mut events = state.sessions.subscribe();
+    let mut events = state.store.subscribe();
     metrics::gauge!("qrlink_watchers").increment(1.0);
     let _gauge = scopeguard(|| metrics::gauge!("qrlink_watchers").decrement(1.0));
     let sessions: Vec<_> = state
-        .sessions
+        .store
         .snapshot()
         .into_iter()
         .filter(|s| filter.as_ref().is_none_or(|f| *f == s.id))
@@ -113,7 +113,10 @@ async fn send(socket: &mut WebSocket, timeout: Duration, v: Value) -> Result<(),
 /// The JSON a watcher gets for an event, or None when its filter excludes it.
 fn render(ev: &WatchEvent, filter: Option<&str>, with_qr: bool) -> Option<Value> {
     let session = match ev {
-        WatchEvent::Opened { session, .. } | WatchEvent::Closed { session, .. } => session,
+        WatchEvent::Opened { session, .. }
+        | WatchEvent::Detached { session, .. }
+        | WatchEvent::Resumed { session, .. }
+        | WatchEvent::Closed { session, .. } => session,
         WatchEvent::Frame(env) => &env.session,
     };
     if filter.is_some_and(|f| f != session) {
@@ -127,6 +130,12 @@ fn render(ev: &WatchEvent, filter: Option<&str>, with_qr: bool) -> Option<Value>
             at,
         } => {
             json!({"type": "opened", "session": session, "provider": provider, "client": client, "at": at})
+        }
+        WatchEvent::Detached { session, at } => {
+            json!({"type": "detached", "session": session, "at": at})
+        }
+        WatchEvent::Resumed { session, at } => {
+            json!({"type": "resumed", "session": session, "at": at})
         }
         WatchEvent::Closed {
             session,
@@ -154,11 +163,11 @@ fn frame_for_watcher(env: &Envelope, with_qr: bool) -> Value {
             if !with_qr {
                 q.svg = None;
             }
-            serde_json::to_value(Envelope {
-                session: env.session.clone(),
-                seq: env.seq,
-                frame: ServerFrame::Qr(q),
-            })
+            serde_json::to_value(Envelope::new(
+                env.session.clone(),
+                env.seq,
+                ServerFrame::Qr(q),
+            ))
             .expect("frames serialize")
         }
         _ => serde_json::to_value(env).expect("frames serialize"),
@@ -184,10 +193,10 @@ mod tests {
     use crate::link::protocol::QrFrame;
 
     fn qr_env() -> Envelope {
-        Envelope {
-            session: "ses_1".into(),
-            seq: 1,
-            frame: ServerFrame::Qr(QrFrame {
+        Envelope::new(
+            "ses_1",
+            1,
+            ServerFrame::Qr(QrFrame {
                 rotation: 1,
                 intent_id: "acc_1".into(),
                 expires_at: "2026-11-28T10:00:00Z".into(),
@@ -195,7 +204,7 @@ mod tests {
                 text: Some("▀▄".into()),
                 raw: Some("2@secret".into()),
             }),
-        }
+        )
     }
 
     #[test]

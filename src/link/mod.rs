@@ -105,30 +105,94 @@ impl SendBoxed for Frames {
     }
 }
 
-/// Runs one link attempt to its end. Non-terminal frames (`qr`, `checkpoint`) and finally
-/// exactly one terminal frame are sent into `frames`; `codes` carries the client's answers to
-/// checkpoints. Returns early, sending nothing more, if either channel's other end is gone.
-pub async fn run(upstream: &UnipileClient, req: &LinkRequest, frames: Frames, mut codes: Codes) {
-    let intent = IntentRequest {
-        provider: req.provider.clone(),
-        account_id: req.account_id.clone(),
-        state: req.state.clone(),
-        config: req
-            .proxy
-            .clone()
-            .map(|p| serde_json::json!({ "custom_proxy": p })),
-        ..IntentRequest::default()
-    };
-    let mut rotation = 0u32;
+/// Where an attempt stands between two sockets: what it does first when a socket (re)attaches.
+/// The attempt keeps it current as it goes, so whatever drops its future (a hang-up, a
+/// takeover) finds in it where the next socket must pick up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Resume {
+    /// Nothing was shown yet: call Start Auth Intent.
+    #[default]
+    Start,
+    /// A QR is shown, or a checkpoint answer was in flight: poll the same intent again with an
+    /// empty code (Unipile answers a scan or an answer it took meanwhile, or a new QR).
+    Poll {
+        /// Unipile's intent.
+        intent_id: String,
+        /// The checkpoint on screen when its answer was in flight: asked again by the upstream,
+        /// it is not shown twice.
+        shown: Option<Value>,
+    },
+    /// A checkpoint is shown and unanswered: wait for the client's code.
+    Answer {
+        /// Unipile's intent.
+        intent_id: String,
+        /// The checkpoint asked.
+        checkpoint: Value,
+        /// Answers it has had (wrong ones).
+        answers: u32,
+    },
+}
+
+/// An attempt's position: QR codes shown so far and what comes next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cursor {
+    /// QR codes shown so far (the next `qr` frame's `rotation` is one more).
+    pub rotation: u32,
+    /// What the attempt does first when it runs again.
+    pub next: Resume,
+}
+
+/// Runs one link attempt from `cursor` to its end. Non-terminal frames (`qr`, `checkpoint`) and
+/// finally exactly one terminal frame are sent into `frames`; `codes` carries the client's
+/// answers to checkpoints. Returns early, sending nothing more, if either channel's other end
+/// is gone. `cursor` is kept current at every await, so a caller that drops this future can
+/// run the attempt on from where it stood (resume: the same intent, never a second one).
+pub async fn run(
+    upstream: &UnipileClient,
+    req: &LinkRequest,
+    cursor: &mut Cursor,
+    frames: Frames,
+    mut codes: Codes,
+) {
     // The checkpoint the last code answered, and how many answers it has had.
     let mut asked: Option<(String, Value)> = None;
     let mut answers = 0u32;
-    let mut answer = upstream.start_intent(&intent).await;
+    // A checkpoint the page already shows (replayed after a resume): not sent again.
+    let mut shown: Option<Value> = None;
+    let mut answer = match cursor.next.clone() {
+        Resume::Start => upstream.start_intent(&intent_request(req)).await,
+        Resume::Poll {
+            intent_id,
+            shown: on_screen,
+        } => {
+            shown = on_screen;
+            upstream.solve_checkpoint(&intent_id, "").await
+        }
+        Resume::Answer {
+            intent_id,
+            checkpoint,
+            answers: before,
+        } => {
+            // The socket layer replayed the checkpoint frame: wait for its answer.
+            let Some(code) = codes.recv().await else {
+                return;
+            };
+            answers = before + 1;
+            cursor.next = Resume::Poll {
+                intent_id: intent_id.clone(),
+                shown: Some(checkpoint.clone()),
+            };
+            let solved = upstream.solve_checkpoint(&intent_id, &code).await;
+            asked = Some((intent_id, checkpoint));
+            solved
+        }
+    };
     loop {
         let next = match answer {
             Ok(AuthResponse::QrCode { qrcode, intent_id }) => {
                 asked = None;
-                rotation += 1;
+                shown = None;
+                let rotation = cursor.rotation + 1;
                 let frame = match qr_frame(req, rotation, &qrcode, &intent_id) {
                     Ok(f) => f,
                     Err(e) => {
@@ -138,6 +202,13 @@ pub async fn run(upstream: &UnipileClient, req: &LinkRequest, frames: Frames, mu
                             .await;
                         return;
                     }
+                };
+                // Before the send: once queued, the frame is what the page shows or will be
+                // replayed, and the next poll is for the QR after it.
+                cursor.rotation = rotation;
+                cursor.next = Resume::Poll {
+                    intent_id: intent_id.clone(),
+                    shown: None,
                 };
                 if frames.send_boxed(frame).await.is_err() {
                     return;
@@ -149,10 +220,20 @@ pub async fn run(upstream: &UnipileClient, req: &LinkRequest, frames: Frames, mu
                 checkpoint,
             }) => {
                 answers = 0;
-                let Some(code) = ask(&frames, &mut codes, &checkpoint, None).await else {
+                let show = shown.take().is_none_or(|s| s != checkpoint);
+                cursor.next = Resume::Answer {
+                    intent_id: intent_id.clone(),
+                    checkpoint: checkpoint.clone(),
+                    answers,
+                };
+                let Some(code) = ask(&frames, &mut codes, &checkpoint, None, show).await else {
                     return;
                 };
                 answers += 1;
+                cursor.next = Resume::Poll {
+                    intent_id: intent_id.clone(),
+                    shown: Some(checkpoint.clone()),
+                };
                 let solved = upstream.solve_checkpoint(&intent_id, &code).await;
                 asked = Some((intent_id, checkpoint));
                 solved
@@ -167,10 +248,20 @@ pub async fn run(upstream: &UnipileClient, req: &LinkRequest, frames: Frames, mu
                     message: message_for(&api.kind).to_owned(),
                     code: api.kind,
                 };
-                let Some(code) = ask(&frames, &mut codes, &checkpoint, Some(retry)).await else {
+                cursor.next = Resume::Answer {
+                    intent_id: intent_id.clone(),
+                    checkpoint: checkpoint.clone(),
+                    answers,
+                };
+                let Some(code) = ask(&frames, &mut codes, &checkpoint, Some(retry), true).await
+                else {
                     return;
                 };
                 answers += 1;
+                cursor.next = Resume::Poll {
+                    intent_id: intent_id.clone(),
+                    shown: Some(checkpoint.clone()),
+                };
                 let solved = upstream.solve_checkpoint(&intent_id, &code).await;
                 asked = Some((intent_id, checkpoint));
                 solved
@@ -191,7 +282,7 @@ pub async fn run(upstream: &UnipileClient, req: &LinkRequest, frames: Frames, mu
                 return;
             }
             Err(e) => {
-                let _ = frames.send_boxed(error_frame(e, rotation)).await;
+                let _ = frames.send_boxed(error_frame(e, cursor.rotation)).await;
                 return;
             }
         };
@@ -199,40 +290,71 @@ pub async fn run(upstream: &UnipileClient, req: &LinkRequest, frames: Frames, mu
     }
 }
 
-/// Shows a checkpoint (again, with why, after a wrong answer) and waits for the client's code.
-/// None when the client is gone.
+/// The Start Auth Intent body for a request.
+fn intent_request(req: &LinkRequest) -> IntentRequest {
+    IntentRequest {
+        provider: req.provider.clone(),
+        account_id: req.account_id.clone(),
+        state: req.state.clone(),
+        config: req
+            .proxy
+            .clone()
+            .map(|p| serde_json::json!({ "custom_proxy": p })),
+        ..IntentRequest::default()
+    }
+}
+
+/// Shows a checkpoint (again, with why, after a wrong answer; not when the page already shows
+/// it) and waits for the client's code. None when the client is gone.
 async fn ask(
     frames: &Frames,
     codes: &mut Codes,
     checkpoint: &Value,
     error: Option<CheckpointError>,
+    show: bool,
 ) -> Option<String> {
-    // Codes typed before this checkpoint was shown answer nothing.
-    while codes.try_recv().is_ok() {}
-    let frame = ServerFrame::Checkpoint {
-        checkpoint: checkpoint.clone(),
-        error,
-    };
-    frames.send_boxed(frame).await.ok()?;
+    if show {
+        // Codes typed before this checkpoint was shown answer nothing.
+        while codes.try_recv().is_ok() {}
+        let frame = ServerFrame::Checkpoint {
+            checkpoint: checkpoint.clone(),
+            error,
+        };
+        frames.send_boxed(frame).await.ok()?;
+    }
     codes.recv().await.map(|code| *code)
 }
 
+/// The `qr` frame for a QR string. `raw` always carries the string: the socket layer keeps it
+/// for a replay and takes it off the frame unless the client asked for `raw`.
 fn qr_frame(
     req: &LinkRequest,
     rotation: u32,
     qrcode: &str,
     intent_id: &str,
 ) -> Result<ServerFrame, qr::QrError> {
-    let matrix = qr::encode(qrcode)?;
-    Ok(ServerFrame::Qr(QrFrame {
+    let mut frame = QrFrame {
         rotation,
         intent_id: intent_id.to_owned(),
         // Milliseconds: whole seconds would truncate, and the page would call a live code expired.
         expires_at: humantime::format_rfc3339_millis(SystemTime::now() + req.qr_ttl).to_string(),
-        svg: req.formats.svg.then(|| matrix.to_svg()),
-        text: req.formats.text.then(|| matrix.to_text()),
-        raw: req.formats.raw.then(|| qrcode.to_owned()),
-    }))
+        svg: None,
+        text: None,
+        raw: None,
+    };
+    render_qr(&mut frame, qrcode, req.formats)?;
+    frame.raw = Some(qrcode.to_owned());
+    Ok(ServerFrame::Qr(frame))
+}
+
+/// Fills a `qr` frame's renderings of `qrcode` in `formats` (those not asked for are cleared):
+/// for a new QR, and again for a replay, which needs only the string kept.
+pub fn render_qr(frame: &mut QrFrame, qrcode: &str, formats: QrFormats) -> Result<(), qr::QrError> {
+    let matrix = qr::encode(qrcode)?;
+    frame.svg = formats.svg.then(|| matrix.to_svg());
+    frame.text = formats.text.then(|| matrix.to_text());
+    frame.raw = formats.raw.then(|| qrcode.to_owned());
+    Ok(())
 }
 
 fn gateway_error(code: &str, retryable: bool) -> ServerFrame {

@@ -24,6 +24,27 @@ pub struct Envelope {
     /// The frame itself; its `type` tag sits beside `session` and `seq` on the wire.
     #[serde(flatten)]
     pub frame: ServerFrame,
+    /// `true` on the frame re-sent, exactly as it was, when a socket resumes the session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+    /// The session's resume token (v1.1), on `qr` and `checkpoint` frames while resume is on:
+    /// `?resume=TOKEN` re-attaches a socket to the session. Only the session's own browser sees
+    /// it: watchers, logs and `/api/sessions` never do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+}
+
+impl Envelope {
+    /// A frame of `session` numbered `seq`, with no resume token.
+    pub fn new(session: impl Into<String>, seq: u64, frame: ServerFrame) -> Envelope {
+        Envelope {
+            session: session.into(),
+            seq,
+            frame,
+            replay: false,
+            resume: None,
+        }
+    }
 }
 
 /// What the gateway tells the browser during one link attempt.
@@ -160,7 +181,8 @@ pub mod codes {
     pub const OVERLOADED: &str = "gateway/overloaded";
     /// Too many sessions from this client address, open at once or opened in the last minute.
     pub const RATE_LIMITED: &str = "request/rate_limited";
-    /// The attempt reached the gateway's maximum attempt duration.
+    /// The attempt reached the gateway's maximum attempt duration, or a resume token names a
+    /// session that is unknown, ended or past its grace. Retryable: start a new attempt.
     pub const SESSION_EXPIRED: &str = "session/expired";
     /// The gateway is stopping.
     pub const SHUTTING_DOWN: &str = "gateway/shutting_down";
@@ -182,13 +204,18 @@ pub mod codes {
 pub mod close {
     /// After a terminal frame or a client `cancel`.
     pub const NORMAL: u16 = 1000;
+    /// The service restarts (a cluster node stopping): resume elsewhere.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Another socket resumed this session (reason `resumed elsewhere`); no terminal frame.
+    pub const RESUMED_ELSEWHERE: u16 = 4000;
     /// The gateway is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// The client sent binary data.
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// The client sent text that is not a JSON message.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// Bad token, unknown provider.
+    /// Bad token, unknown provider, a resume token that is unknown, ended, expired or for
+    /// another provider.
     pub const POLICY: u16 = 1008;
     /// The client sent a message over [`super::MAX_CLIENT_MESSAGE_BYTES`].
     pub const TOO_BIG: u16 = 1009;
@@ -224,7 +251,7 @@ pub fn message_for(code: &str) -> &'static str {
         codes::INVALID_MESSAGE => "The client sent a message the gateway cannot read.",
         codes::OVERLOADED => "The gateway is busy. Try again in a moment.",
         codes::RATE_LIMITED => "Too many link attempts from this address. Try again in a minute.",
-        codes::SESSION_EXPIRED => "This link attempt lasted too long. Start again.",
+        codes::SESSION_EXPIRED => "This link attempt has ended or expired. Start again.",
         codes::SHUTTING_DOWN => "The gateway is restarting. Try again in a moment.",
         codes::UPSTREAM_UNAVAILABLE => "Unipile cannot be reached right now.",
         codes::UPSTREAM_INVALID => "Unipile answered something the gateway cannot read.",
@@ -257,10 +284,10 @@ mod tests {
 
     #[test]
     fn qr_frame_serializes_flat_with_type_session_and_seq() {
-        let env = Envelope {
-            session: "ses_1".into(),
-            seq: 1,
-            frame: ServerFrame::Qr(QrFrame {
+        let env = Envelope::new(
+            "ses_1",
+            1,
+            ServerFrame::Qr(QrFrame {
                 rotation: 1,
                 intent_id: "acc_1".into(),
                 expires_at: "2026-11-28T10:01:00Z".into(),
@@ -268,7 +295,7 @@ mod tests {
                 text: None,
                 raw: None,
             }),
-        };
+        );
         let v = serde_json::to_value(&env).unwrap();
         assert_eq!(
             v,
@@ -281,23 +308,48 @@ mod tests {
 
     #[test]
     fn error_frame_round_trips() {
-        let env = Envelope {
-            session: "ses_2".into(),
-            seq: 2,
-            frame: ServerFrame::Error(ErrorFrame {
+        let env = Envelope::new(
+            "ses_2",
+            2,
+            ServerFrame::Error(ErrorFrame {
                 code: "api/proxy_error".into(),
                 message: message_for("api/proxy_error").into(),
                 retryable: true,
                 detail: Some("d".into()),
                 req_id: Some("r".into()),
             }),
-        };
+        );
         let text = serde_json::to_string(&env).unwrap();
         assert!(
             text.starts_with(r#"{"session":"ses_2","seq":2,"type":"error""#),
             "{text}"
         );
         assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), env);
+    }
+
+    #[test]
+    fn replay_and_resume_appear_only_when_set_and_round_trip() {
+        let mut env = Envelope::new(
+            "ses_3",
+            3,
+            ServerFrame::Checkpoint {
+                checkpoint: json!({"type": "2FA"}),
+                error: None,
+            },
+        );
+        let plain = serde_json::to_value(&env).unwrap();
+        assert!(
+            plain.get("replay").is_none() && plain.get("resume").is_none(),
+            "{plain}"
+        );
+        env.replay = true;
+        env.resume = Some("ses_3.secret".into());
+        let v = serde_json::to_value(&env).unwrap();
+        assert_eq!(
+            (&v["replay"], &v["resume"]),
+            (&json!(true), &json!("ses_3.secret"))
+        );
+        assert_eq!(serde_json::from_value::<Envelope>(v).unwrap(), env);
     }
 
     #[test]

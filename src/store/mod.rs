@@ -1,22 +1,32 @@
-//! The session registry: every open link attempt, over a DashMap.
+//! The store: every link attempt's record, attached to a socket or detached and waiting for its
+//! page, behind one interface: the directory behind `/api/sessions`, the watch events, resume and
+//! takeover, and the admission limits.
 //!
-//! The DashMap stays behind verb methods. [`SessionRegistry::register`] returns a `#[must_use]`
-//! [`SessionGuard`] whose `Drop` removes the session, so a socket task that ends for any reason
-//! (terminal frame, hang-up, panic, shutdown) can never leak an entry.
+//! The socket code sees [`Store`] and the [`Attachment`] it hands out, never a backend. One
+//! backend today, [`memory`] (a DashMap in this process); cluster mode adds a Redis one here,
+//! behind the same methods, without touching the link attempt or the socket code.
+//!
+//! An attachment is a `#[must_use]` guard: a socket task ends it ([`Attachment::end`]), detaches
+//! it ([`Attachment::detach`]), or drops it (a panic), which ends the session as
+//! `disconnected`, so no path can leak a session.
 
 pub mod limits;
+pub mod memory;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
-use dashmap::DashMap;
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::link::protocol::{Envelope, ServerFrame};
+use crate::link::protocol::Envelope;
+use crate::link::{LinkRequest, QrFormats};
+
+pub use limits::{Denied, Permit};
+pub use memory::{Attachment, Session};
 
 /// Events buffered per watcher before a slow one starts losing them (and is told so with a
 /// `lagged` event). Link attempts never wait for watchers.
@@ -34,7 +44,7 @@ pub enum Outcome {
     Error,
     /// The client or an operator cancelled it.
     Cancelled,
-    /// The client went away without a terminal frame.
+    /// The client went away without a terminal frame (and did not resume within the grace).
     Disconnected,
     /// The gateway shut down.
     Shutdown,
@@ -68,8 +78,23 @@ pub enum WatchEvent {
         /// RFC 3339 start time.
         at: String,
     },
-    /// A frame as sent to the session's browser (QR content is stripped per watcher).
+    /// A frame as sent to the session's browser, without its resume token (QR content is
+    /// stripped per watcher).
     Frame(Arc<Envelope>),
+    /// A session's socket went away without ending it; it waits for a resume.
+    Detached {
+        /// Session id.
+        session: String,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A socket resumed a detached (or taken over) session.
+    Resumed {
+        /// Session id.
+        session: String,
+        /// RFC 3339 time.
+        at: String,
+    },
     /// A session ended.
     Closed {
         /// Session id.
@@ -96,6 +121,8 @@ pub enum Phase {
     Checkpoint = 2,
     /// A terminal frame was sent; the socket is closing.
     Closing = 3,
+    /// No socket: waiting for the page to resume within the grace.
+    Detached = 4,
 }
 
 impl Phase {
@@ -104,105 +131,13 @@ impl Phase {
             1 => Phase::Qr,
             2 => Phase::Checkpoint,
             3 => Phase::Closing,
+            4 => Phase::Detached,
             _ => Phase::Starting,
         }
     }
 }
 
-/// One open link attempt.
-#[derive(Debug)]
-pub struct Session {
-    /// `ses_…`, also the `session` field of every frame.
-    pub id: String,
-    /// The provider being linked.
-    pub provider: String,
-    /// The client's address (after trusted-proxy resolution).
-    pub client: SocketAddr,
-    /// Wall-clock start, for snapshots.
-    pub started_at: SystemTime,
-    /// Monotonic start, for durations.
-    pub started: Instant,
-    /// Cancelled by an operator (`DELETE /api/sessions/{id}`).
-    pub cancel: CancellationToken,
-    /// QR codes shown so far.
-    rotation: AtomicU32,
-    /// A [`Phase`] as u8, so the socket task updates it without a lock.
-    phase: AtomicU8,
-    /// Set once, by whatever ends the session first; unset at drop means `disconnected`.
-    outcome: OnceLock<(Outcome, Option<String>)>,
-}
-
-impl Session {
-    /// Records a state change.
-    pub fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
-    }
-
-    /// Records a new QR.
-    pub fn set_rotation(&self, rotation: u32) {
-        self.rotation.store(rotation, Ordering::Relaxed);
-    }
-
-    /// Records how the session ends; the first call wins.
-    pub fn set_outcome(&self, outcome: Outcome, code: Option<String>) {
-        let _ = self.outcome.set((outcome, code));
-    }
-
-    /// Updates phase, rotation and outcome from a frame about to be sent.
-    pub fn record_frame(&self, frame: &ServerFrame) {
-        match frame {
-            ServerFrame::Qr(q) => {
-                self.set_phase(Phase::Qr);
-                self.set_rotation(q.rotation);
-                metrics::counter!("qrlink_qr_issued_total", "provider" => self.provider.clone())
-                    .increment(1);
-                if q.rotation == 1 {
-                    metrics::histogram!("qrlink_time_to_first_qr_seconds", "provider" => self.provider.clone())
-                        .record(self.started.elapsed().as_secs_f64());
-                }
-            }
-            ServerFrame::Checkpoint { .. } => self.set_phase(Phase::Checkpoint),
-            ServerFrame::Account { .. } => {
-                self.set_phase(Phase::Closing);
-                self.set_outcome(Outcome::Account, None);
-                metrics::histogram!("qrlink_time_to_scan_seconds", "provider" => self.provider.clone())
-                    .record(self.started.elapsed().as_secs_f64());
-            }
-            ServerFrame::Timeout { .. } => {
-                self.set_phase(Phase::Closing);
-                self.set_outcome(Outcome::Timeout, None);
-            }
-            ServerFrame::Error(e) => {
-                self.set_phase(Phase::Closing);
-                // `closed` names the code for errors only; cancel and shutdown say it all.
-                match e.code.as_str() {
-                    crate::link::protocol::codes::CANCELLED => {
-                        self.set_outcome(Outcome::Cancelled, None)
-                    }
-                    crate::link::protocol::codes::SHUTTING_DOWN => {
-                        self.set_outcome(Outcome::Shutdown, None)
-                    }
-                    _ => self.set_outcome(Outcome::Error, Some(e.code.clone())),
-                }
-            }
-        }
-    }
-
-    /// The current state, for snapshots.
-    pub fn info(&self) -> SessionInfo {
-        SessionInfo {
-            id: self.id.clone(),
-            provider: self.provider.clone(),
-            phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
-            rotation: self.rotation.load(Ordering::Relaxed),
-            started_at: humantime::format_rfc3339_millis(self.started_at).to_string(),
-            age_ms: self.started.elapsed().as_millis() as u64,
-            client: self.client.ip().to_string(),
-        }
-    }
-}
-
-/// A session as `GET /api/sessions` shows it.
+/// A session as `GET /api/sessions` shows it (never its resume token).
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
     /// Session id.
@@ -221,251 +156,141 @@ pub struct SessionInfo {
     pub client: String,
 }
 
-/// Every open session. Cheap to clone.
+/// Why a resume token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeRefused {
+    /// No session has this token: unknown, ended, or past its grace (`session/expired`).
+    #[error("unknown, ended or expired session")]
+    Expired,
+    /// The token is for a session of another provider; that session is left as it was.
+    #[error("the session links another provider")]
+    WrongProvider,
+    /// The socket attached to the session did not let go in time.
+    #[error("the attached socket did not let go")]
+    Busy,
+}
+
+/// A socket re-attached to its session.
+#[derive(Debug)]
+pub struct Resumed {
+    /// The session, attached to the new socket.
+    pub attachment: Attachment,
+    /// The last `qr` or `checkpoint` frame exactly as it was sent, with `replay` set and the
+    /// QR rendered in the formats this socket asked for.
+    pub replay: Envelope,
+}
+
+/// What a store needs from the gateway.
 #[derive(Debug, Clone)]
-pub struct SessionRegistry {
-    sessions: Arc<DashMap<String, Arc<Session>>>,
-    /// The number of open sessions, so callers can wait for a count instead of polling.
-    count: Arc<watch::Sender<usize>>,
-    /// Session events for watchers; sending never blocks a link attempt.
-    events: broadcast::Sender<WatchEvent>,
+pub struct StoreConfig {
+    /// How long a detached session waits for a resume; zero turns resume off.
+    pub resume_grace: Duration,
+    /// Concurrent sessions overall.
+    pub max_sessions: usize,
+    /// Concurrent sessions per client address.
+    pub max_sessions_per_ip: usize,
+    /// New sessions per client address per minute.
+    pub sessions_per_ip_per_minute: u32,
 }
 
-impl Default for SessionRegistry {
-    fn default() -> Self {
-        SessionRegistry {
-            sessions: Arc::default(),
-            count: Arc::new(watch::Sender::new(0)),
-            events: broadcast::Sender::new(WATCH_BUFFER),
-        }
-    }
+/// The session store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
 }
 
-impl SessionRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
+#[derive(Debug, Clone)]
+enum Backend {
+    Memory(Arc<memory::Memory>),
+}
 
-    /// Events from now on (subscribe before taking a snapshot so nothing falls between).
-    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
-        self.events.subscribe()
-    }
-
-    /// Watchers connected.
-    pub fn watchers(&self) -> usize {
-        self.events.receiver_count()
-    }
-
-    /// Publishes a frame a session just sent; builds nothing when nobody watches.
-    pub fn publish_frame(&self, envelope: impl FnOnce() -> Envelope) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(WatchEvent::Frame(Arc::new(envelope())));
+impl Store {
+    /// A store in this process's memory. Detached sessions' grace timers join `tracker` and
+    /// end at once when `shutdown` is cancelled.
+    pub fn memory(config: StoreConfig, tracker: TaskTracker, shutdown: CancellationToken) -> Store {
+        Store {
+            backend: Backend::Memory(Arc::new(memory::Memory::new(config, tracker, shutdown))),
         }
     }
 
-    fn publish(&self, event: impl FnOnce() -> WatchEvent) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(event());
+    fn memory_backend(&self) -> &Arc<memory::Memory> {
+        match &self.backend {
+            Backend::Memory(m) => m,
         }
     }
 
-    /// Resolves once the number of open sessions satisfies `pred`.
-    pub async fn wait_for_count(&self, pred: impl Fn(usize) -> bool) {
-        let mut rx = self.count.subscribe();
-        // Only fails if the sender is gone, and `self` holds it.
-        let _ = rx.wait_for(|n| pred(*n)).await;
+    /// Admits a new link attempt from `ip`: the overall cap, then the address's limits.
+    pub fn admit(&self, ip: IpAddr) -> Result<Permit, Denied> {
+        let m = self.memory_backend();
+        m.limits.admit(ip, m.len())
     }
 
-    /// Adds a session; it stays until the returned guard is dropped.
-    #[must_use = "the session is removed when the guard is dropped"]
-    pub fn register(&self, provider: &str, client: SocketAddr) -> SessionGuard {
-        let session = Arc::new(Session {
-            id: new_session_id(),
-            provider: provider.to_owned(),
-            client,
-            started_at: SystemTime::now(),
-            started: Instant::now(),
-            cancel: CancellationToken::new(),
-            rotation: AtomicU32::new(0),
-            phase: AtomicU8::new(Phase::Starting as u8),
-            outcome: OnceLock::new(),
-        });
-        self.sessions.insert(session.id.clone(), session.clone());
-        self.count.send_modify(|n| *n += 1);
-        metrics::gauge!("qrlink_sessions_active", "provider" => session.provider.clone())
-            .increment(1.0);
-        self.publish(|| WatchEvent::Opened {
-            session: session.id.clone(),
-            provider: session.provider.clone(),
-            client: session.client.ip().to_string(),
-            at: humantime::format_rfc3339_millis(session.started_at).to_string(),
-        });
-        SessionGuard {
-            registry: self.clone(),
-            session,
-        }
+    /// Admits a resume from `ip`: the address's limits as for a new attempt, but not the
+    /// overall cap, which already counts the session (a resumed session counts once).
+    pub fn admit_resume(&self, ip: IpAddr) -> Result<Permit, Denied> {
+        self.memory_backend().limits.admit(ip, 0)
     }
 
-    /// The session with this id, if open.
-    pub fn lookup(&self, id: &str) -> Option<Arc<Session>> {
-        self.sessions.get(id).map(|s| s.clone())
+    /// Opens a session for a new link attempt, attached to the calling socket.
+    #[must_use = "the session ends when the attachment is dropped"]
+    pub fn open(&self, client: SocketAddr, request: LinkRequest) -> Attachment {
+        memory::Memory::open(self.memory_backend(), client, request)
     }
 
-    /// Cancels a session (its browser gets `session/cancelled`). False if no such session.
+    /// Re-attaches the session of a resume token (`?resume=`) to the calling socket, taking it
+    /// over from the socket attached now, if any.
+    pub async fn resume(
+        &self,
+        token: &str,
+        provider: &str,
+        formats: Option<QrFormats>,
+    ) -> Result<Resumed, ResumeRefused> {
+        memory::Memory::resume(self.memory_backend(), token, provider, formats).await
+    }
+
+    /// Cancels a session, attached or detached (its browser, if any, gets
+    /// `session/cancelled`). False if no such session.
     pub fn cancel(&self, id: &str) -> bool {
-        match self.lookup(id) {
-            Some(s) => {
-                s.cancel.cancel();
-                true
-            }
-            None => false,
-        }
+        self.memory_backend().cancel(id)
     }
 
-    /// Open sessions, oldest first.
+    /// Open sessions, attached or detached, oldest first.
     pub fn snapshot(&self) -> Vec<SessionInfo> {
-        let mut all: Vec<SessionInfo> = self.sessions.iter().map(|s| s.info()).collect();
-        all.sort_by_key(|s| std::cmp::Reverse(s.age_ms));
-        all
+        self.memory_backend().snapshot()
     }
 
-    /// Number of open sessions.
+    /// Number of open sessions, attached or detached.
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.memory_backend().len()
     }
 
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-}
-
-/// Keeps a session registered; removes it on drop.
-#[derive(Debug)]
-pub struct SessionGuard {
-    registry: SessionRegistry,
-    session: Arc<Session>,
-}
-
-impl std::ops::Deref for SessionGuard {
-    type Target = Session;
-    fn deref(&self) -> &Session {
-        &self.session
-    }
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        if self.registry.sessions.remove(&self.session.id).is_none() {
-            return;
-        }
-        self.registry.count.send_modify(|n| *n -= 1);
-        let s = &self.session;
-        let (outcome, code) = s
-            .outcome
-            .get()
-            .cloned()
-            .unwrap_or((Outcome::Disconnected, None));
-        let provider = s.provider.clone();
-        metrics::gauge!("qrlink_sessions_active", "provider" => provider.clone()).decrement(1.0);
-        metrics::counter!("qrlink_sessions_ended_total",
-            "provider" => provider, "outcome" => outcome.as_str())
-        .increment(1);
-        self.registry.publish(|| WatchEvent::Closed {
-            session: s.id.clone(),
-            outcome,
-            duration_ms: s.started.elapsed().as_millis() as u64,
-            code,
-        });
-    }
-}
-
-/// `ses_` and 20 random base62 characters (about 119 bits): unguessable, so knowing one session
-/// id gives no handle on another.
-fn new_session_id() -> String {
-    use rand::Rng;
-    use rand::distr::Alphanumeric;
-    let mut id = String::with_capacity(24);
-    id.push_str("ses_");
-    id.extend(
-        rand::rng()
-            .sample_iter(Alphanumeric)
-            .take(20)
-            .map(char::from),
-    );
-    id
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr() -> SocketAddr {
-        "127.0.0.1:1234".parse().unwrap()
+        self.len() == 0
     }
 
-    #[test]
-    fn a_dropped_guard_removes_its_session() {
-        let reg = SessionRegistry::new();
-        let guard = reg.register("whatsapp", addr());
-        assert_eq!(reg.len(), 1);
-        assert!(guard.id.starts_with("ses_") && guard.id.len() == 24);
-        assert_eq!(reg.snapshot()[0].provider, "whatsapp");
-        drop(guard);
-        assert!(reg.is_empty());
+    /// Number of detached sessions.
+    pub fn detached(&self) -> usize {
+        self.memory_backend().detached()
     }
 
-    #[test]
-    fn cancel_reaches_the_session_token() {
-        let reg = SessionRegistry::new();
-        let guard = reg.register("telegram", addr());
-        assert!(!guard.cancel.is_cancelled());
-        assert!(reg.cancel(&guard.id));
-        assert!(guard.cancel.is_cancelled());
-        assert!(!reg.cancel("ses_nope"));
+    /// Resolves once the number of open sessions satisfies `pred`.
+    pub async fn wait_for_count(&self, pred: impl Fn(usize) -> bool) {
+        self.memory_backend().wait_for_count(pred).await
     }
 
-    #[test]
-    fn watchers_see_opened_then_closed_with_the_outcome() {
-        let reg = SessionRegistry::new();
-        let mut rx = reg.subscribe();
-        let guard = reg.register("whatsapp", addr());
-        let id = guard.id.clone();
-        guard.record_frame(&ServerFrame::Timeout { rotations: 2 });
-        drop(guard);
-        match rx.try_recv().unwrap() {
-            WatchEvent::Opened { session, .. } => assert_eq!(session, id),
-            other => panic!("expected opened, got {other:?}"),
-        }
-        match rx.try_recv().unwrap() {
-            WatchEvent::Closed { outcome, .. } => assert_eq!(outcome, Outcome::Timeout),
-            other => panic!("expected closed, got {other:?}"),
-        }
+    /// Events from now on (subscribe before taking a snapshot so nothing falls between).
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.memory_backend().events.subscribe()
     }
 
-    #[test]
-    fn a_session_dropped_without_an_outcome_is_disconnected() {
-        let reg = SessionRegistry::new();
-        let mut rx = reg.subscribe();
-        drop(reg.register("telegram", addr()));
-        let _opened = rx.try_recv().unwrap();
-        assert!(matches!(
-            rx.try_recv().unwrap(),
-            WatchEvent::Closed {
-                outcome: Outcome::Disconnected,
-                ..
-            }
-        ));
+    /// Watchers connected.
+    pub fn watchers(&self) -> usize {
+        self.memory_backend().events.receiver_count()
     }
 
-    #[test]
-    fn snapshot_reports_phase_and_rotation() {
-        let reg = SessionRegistry::new();
-        let guard = reg.register("whatsapp", addr());
-        guard.set_phase(Phase::Qr);
-        guard.set_rotation(3);
-        let info = &reg.snapshot()[0];
-        assert_eq!((info.phase, info.rotation), (Phase::Qr, 3));
+    /// Addresses the admission limits track (for tests and metrics).
+    pub fn tracked_addresses(&self) -> usize {
+        self.memory_backend().limits.tracked()
     }
 }

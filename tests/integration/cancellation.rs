@@ -15,7 +15,7 @@ async fn a_client_that_hangs_up_mid_poll_makes_the_simulator_record_the_hang_up_
     let qr = client.qr().await;
     let intent = qr.intent_id.clone();
     gw.wait_for_poll(&intent, PollOutcome::Pending).await;
-    assert_eq!(gw.state.sessions.len(), 1);
+    assert_eq!(gw.state.store.len(), 1);
 
     // Hang up without a close handshake, as a closed tab on a dropped network would.
     let hung_up_at = Instant::now();

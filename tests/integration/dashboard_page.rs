@@ -373,7 +373,7 @@ async fn log_of(page: &Page, id: &str) -> Vec<(String, String, String)> {
 
 /// The one session the gateway has open.
 fn only_session(gw: &TestGateway) -> String {
-    let sessions = gw.state.sessions.snapshot();
+    let sessions = gw.state.store.snapshot();
     assert_eq!(sessions.len(), 1, "expected one session: {sessions:?}");
     sessions[0].id.clone()
 }

@@ -128,6 +128,7 @@ async fn demo_mode_runs_the_whole_flow_against_the_embedded_simulator() {
         .unwrap();
     assert_eq!(page["demo"], true);
     assert_eq!(page["simulator"], "/simulator");
+    assert_eq!(page["resume_grace_secs"], 120.0, "resume is on by default");
 
     let mut client = WsClient::connect(&format!("ws://{addr}/ws/link/whatsapp?qr=raw")).await;
     let qr = client.qr().await;

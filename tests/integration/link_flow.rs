@@ -211,7 +211,7 @@ async fn two_hundred_concurrent_attempts_each_get_their_own_qr_and_end_cleanly()
     let intents: HashSet<_> = clients.iter().map(|(_, q)| q.intent_id.clone()).collect();
     assert_eq!(raws.len(), 200, "every attempt gets its own code");
     assert_eq!(intents.len(), 200);
-    assert_eq!(gw.state.sessions.len(), 200);
+    assert_eq!(gw.state.store.len(), 200);
 
     let mut finished = Vec::new();
     for (mut client, qr) in clients {

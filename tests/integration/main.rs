@@ -17,6 +17,7 @@ mod process;
 mod protocol_errors;
 mod protocol_schemas;
 mod qr_render;
+mod resume;
 mod security;
 mod simulator;
 mod upstream_errors;

@@ -478,12 +478,7 @@ fn every_frame_the_gateway_types_can_build_matches_the_schemas() {
         }),
     ];
     for (seq, frame) in (1..).zip(frames) {
-        let text = serde_json::to_string(&Envelope {
-            session: "ses_AbC123".into(),
-            seq,
-            frame,
-        })
-        .unwrap();
+        let text = serde_json::to_string(&Envelope::new("ses_AbC123", seq, frame)).unwrap();
         s.check_text(Doc::Server, &text);
         s.check_text(Doc::Watch, &text);
     }
@@ -652,6 +647,8 @@ fn every_gateway_error_code_is_listed_in_the_error_schema() {
         codes::UNAUTHORIZED,
         codes::INVALID_MESSAGE,
         codes::OVERLOADED,
+        codes::RATE_LIMITED,
+        codes::SESSION_EXPIRED,
         codes::SHUTTING_DOWN,
         codes::UPSTREAM_UNAVAILABLE,
         codes::UPSTREAM_INVALID,

@@ -232,7 +232,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     .await
     .unwrap();
     c.qr().await;
-    assert_eq!(trusting.state.sessions.snapshot()[0].client, "198.51.100.7");
+    assert_eq!(trusting.state.store.snapshot()[0].client, "198.51.100.7");
 
     let wary = slow_gateway(&[]).await;
     let mut c = connect_with(
@@ -243,7 +243,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     .await
     .unwrap();
     c.qr().await;
-    assert_eq!(wary.state.sessions.snapshot()[0].client, "127.0.0.1");
+    assert_eq!(wary.state.store.snapshot()[0].client, "127.0.0.1");
 }
 
 async fn expect_refused(gw: &TestGateway, code: &str) {
@@ -263,7 +263,7 @@ async fn past_the_global_cap_new_sessions_get_overloaded_and_1013() {
     b.qr().await;
     expect_refused(&gw, "gateway/overloaded").await;
     drop(a);
-    gw.state.sessions.wait_for_count(|n| n < 2).await;
+    gw.state.store.wait_for_count(|n| n < 2).await;
     let mut c = gw.connect("/ws/link/whatsapp").await;
     c.qr().await;
 }
@@ -283,7 +283,7 @@ async fn one_address_may_hold_only_so_many_sessions_and_open_so_many_a_minute() 
     b.qr().await;
     expect_refused(&gw, "request/rate_limited").await;
     drop(a);
-    gw.state.sessions.wait_for_count(|n| n < 2).await;
+    gw.state.store.wait_for_count(|n| n < 2).await;
     // A third session fits the concurrency cap, and is the last of the minute's bucket.
     let mut c = gw.connect("/ws/link/whatsapp").await;
     c.qr().await;
@@ -330,7 +330,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_its_upstream_work_cance
     let stream = socket.connect(gw.addr).await.unwrap();
     let url = format!("ws://{}/ws/link/whatsapp?qr=svg,text,raw", gw.addr);
     let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    tokio::time::timeout(WAIT, gw.state.sessions.wait_for_count(|n| n == 1))
+    tokio::time::timeout(WAIT, gw.state.store.wait_for_count(|n| n == 1))
         .await
         .unwrap();
     gw.wait_for_no_sessions().await;

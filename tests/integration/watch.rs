@@ -66,7 +66,7 @@ async fn a_watcher_may_ask_for_the_svg_and_follow_one_session() {
     let qr = mine.qr().await;
     let id = gw
         .state
-        .sessions
+        .store
         .snapshot()
         .into_iter()
         .find(|s| s.provider == "whatsapp")

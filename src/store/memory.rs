@@ -1,0 +1,842 @@
+//! The in-memory store: every session of this process in a DashMap, the watch events on a
+//! broadcast channel, a grace timer per detached session.
+//!
+//! A session's resumable record (the last `qr` or `checkpoint` frame, the seq counter, where the
+//! attempt stands, which socket holds it) sits behind one small mutex, taken once per frame and
+//! at attach and detach, never across an await. A detached session keeps no socket and no
+//! upstream request: its record, the QR string to render again on replay, and one sleeping timer
+//! task (benches/README.md, "Resume", for what that costs).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::limits::Limits;
+use super::{
+    Outcome, Phase, ResumeRefused, Resumed, SessionInfo, StoreConfig, WATCH_BUFFER, WatchEvent,
+};
+use crate::link::protocol::{Envelope, ServerFrame, codes};
+use crate::link::{self, Cursor, LinkRequest, QrFormats};
+use crate::secret;
+
+/// Random base62 characters of a resume secret: 24 of them, about 142 bits.
+const RESUME_SECRET_LEN: usize = 24;
+
+/// How long a resume waits for the socket it takes over to let go of the session. That socket
+/// only has to drop its attempt, which never waits on anything; this bounds a wedged task.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// The store's state.
+#[derive(Debug)]
+pub struct Memory {
+    sessions: DashMap<String, Arc<Session>>,
+    /// The number of open sessions, so callers can wait for a count instead of polling.
+    count: watch::Sender<usize>,
+    /// Session events for watchers; sending never blocks a link attempt.
+    pub(super) events: broadcast::Sender<WatchEvent>,
+    /// Admission limits (overall and per client address).
+    pub(super) limits: Limits,
+    /// How long a detached session waits; zero = resume off.
+    grace: Duration,
+    /// The gateway's socket tasks; the grace timers join them so shutdown waits for them too.
+    tracker: TaskTracker,
+    /// The gateway's shutdown: detached sessions end at once.
+    shutdown: CancellationToken,
+}
+
+/// One link attempt, attached to a socket or detached.
+#[derive(Debug)]
+pub struct Session {
+    /// `ses_…`, also the `session` field of every frame.
+    pub id: String,
+    /// The provider being linked.
+    pub provider: String,
+    /// The client's address when the attempt started (after trusted-proxy resolution).
+    pub client: SocketAddr,
+    /// Wall-clock start, for snapshots.
+    pub started_at: SystemTime,
+    /// Monotonic start, for durations and the attempt's deadline.
+    pub started: Instant,
+    /// Cancelled by an operator (`DELETE /api/sessions/{id}`).
+    pub cancel: CancellationToken,
+    /// The secret half of the resume token; `None` when resume is off.
+    resume_secret: Option<Box<str>>,
+    /// QR codes shown so far.
+    rotation: AtomicU32,
+    /// A [`Phase`] as u8, so snapshots read it without a lock.
+    phase: AtomicU8,
+    /// Set once, by whatever ends the session first; unset at the end means `disconnected`.
+    outcome: OnceLock<(Outcome, Option<String>)>,
+    /// What a resume needs, and which socket holds the session.
+    record: Mutex<Record>,
+    /// Woken when the attached socket lets go (detach or end), for a takeover waiting on it.
+    released: Notify,
+}
+
+/// A session's resumable state.
+#[derive(Debug)]
+struct Record {
+    /// The last frame's `seq`.
+    seq: u64,
+    /// The last `qr` or `checkpoint` frame as sent, without QR renderings and resume token.
+    last: Option<Envelope>,
+    /// The string the last QR encodes, rendered again on replay (a rendered SVG is 4–5 KB; the
+    /// string is 50–250 bytes).
+    qrcode: Option<String>,
+    /// Where the attempt stands, for the next socket.
+    cursor: Cursor,
+    /// What the attempt links and how its QR is rendered.
+    request: Arc<LinkRequest>,
+    /// The attached socket's takeover signal; `None` while detached.
+    attached: Option<CancellationToken>,
+    /// The grace timer of a detached session.
+    timer: Option<AbortHandle>,
+}
+
+/// A socket's hold on a session. Dropped without [`Attachment::end`] or
+/// [`Attachment::detach`] (a panic), it ends the session.
+#[derive(Debug)]
+#[must_use = "the session ends when the attachment is dropped"]
+pub struct Attachment {
+    store: Arc<Memory>,
+    session: Arc<Session>,
+    /// Cancelled when another socket resumes the session: this one must let go.
+    pub takeover: CancellationToken,
+    settled: bool,
+}
+
+impl Memory {
+    pub(super) fn new(
+        config: StoreConfig,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Memory {
+        Memory {
+            sessions: DashMap::new(),
+            count: watch::Sender::new(0),
+            events: broadcast::Sender::new(WATCH_BUFFER),
+            limits: Limits::new(
+                config.max_sessions,
+                config.max_sessions_per_ip,
+                config.sessions_per_ip_per_minute,
+            ),
+            grace: config.resume_grace,
+            tracker,
+            shutdown,
+        }
+    }
+
+    fn publish(&self, event: impl FnOnce() -> WatchEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event());
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub(super) fn detached(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| Phase::from_u8(s.phase.load(Ordering::Relaxed)) == Phase::Detached)
+            .count()
+    }
+
+    pub(super) async fn wait_for_count(&self, pred: impl Fn(usize) -> bool) {
+        let mut rx = self.count.subscribe();
+        // Only fails if the sender is gone, and `self` holds it.
+        let _ = rx.wait_for(|n| pred(*n)).await;
+    }
+
+    pub(super) fn open(
+        store: &Arc<Memory>,
+        client: SocketAddr,
+        request: LinkRequest,
+    ) -> Attachment {
+        let takeover = CancellationToken::new();
+        let session = Arc::new(Session {
+            id: secret::random_base62("ses_", 20),
+            provider: request.provider.clone(),
+            client,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            cancel: CancellationToken::new(),
+            resume_secret: (!store.grace.is_zero())
+                .then(|| secret::random_base62("", RESUME_SECRET_LEN).into_boxed_str()),
+            rotation: AtomicU32::new(0),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            outcome: OnceLock::new(),
+            record: Mutex::new(Record {
+                seq: 0,
+                last: None,
+                qrcode: None,
+                cursor: Cursor::default(),
+                request: Arc::new(request),
+                attached: Some(takeover.clone()),
+                timer: None,
+            }),
+            released: Notify::new(),
+        });
+        store.sessions.insert(session.id.clone(), session.clone());
+        store.count.send_modify(|n| *n += 1);
+        metrics::gauge!("qrlink_sessions_active", "provider" => session.provider.clone())
+            .increment(1.0);
+        store.publish(|| WatchEvent::Opened {
+            session: session.id.clone(),
+            provider: session.provider.clone(),
+            client: session.client.ip().to_string(),
+            at: rfc3339(session.started_at),
+        });
+        Attachment {
+            store: store.clone(),
+            session,
+            takeover,
+            settled: false,
+        }
+    }
+
+    pub(super) async fn resume(
+        store: &Arc<Memory>,
+        token: &str,
+        provider: &str,
+        formats: Option<QrFormats>,
+    ) -> Result<Resumed, ResumeRefused> {
+        let refused = |reason: ResumeRefused| {
+            let label = match reason {
+                ResumeRefused::Expired => "expired",
+                ResumeRefused::WrongProvider => "wrong_provider",
+                ResumeRefused::Busy => "busy",
+            };
+            metrics::counter!("qrlink_resume_refused_total", "reason" => label).increment(1);
+            reason
+        };
+        let (id, secret) = token
+            .split_once('.')
+            .ok_or(refused(ResumeRefused::Expired))?;
+        let session = store
+            .sessions
+            .get(id)
+            .map(|s| s.clone())
+            .ok_or(refused(ResumeRefused::Expired))?;
+        let matches = session
+            .resume_secret
+            .as_deref()
+            .is_some_and(|s| secret::constant_time_eq(s.as_bytes(), secret.as_bytes()));
+        if !matches {
+            return Err(refused(ResumeRefused::Expired));
+        }
+        if session.provider != provider {
+            return Err(refused(ResumeRefused::WrongProvider));
+        }
+        let takeover = CancellationToken::new();
+        let mut took_over = false;
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        let replay = loop {
+            let released = session.released.notified();
+            tokio::pin!(released);
+            // Registered before the record is looked at, so a release in between is not missed.
+            released.as_mut().enable();
+            {
+                let mut record = session.lock();
+                if session.outcome.get().is_some() || !store.sessions.contains_key(id) {
+                    return Err(refused(ResumeRefused::Expired));
+                }
+                match &record.attached {
+                    None => {
+                        let Some(replay) = record.replay(formats, token) else {
+                            return Err(refused(ResumeRefused::Expired));
+                        };
+                        record.attached = Some(takeover.clone());
+                        if let Some(f) = formats {
+                            let mut request = (*record.request).clone();
+                            request.formats = f;
+                            record.request = Arc::new(request);
+                        }
+                        if let Some(timer) = record.timer.take() {
+                            timer.abort();
+                            metrics::gauge!("qrlink_sessions_detached").decrement(1.0);
+                        }
+                        session.set_phase(match replay.frame {
+                            ServerFrame::Checkpoint { .. } => Phase::Checkpoint,
+                            _ => Phase::Qr,
+                        });
+                        break replay;
+                    }
+                    Some(current) => {
+                        current.cancel();
+                        took_over = true;
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(refused(ResumeRefused::Busy));
+            }
+        };
+        metrics::counter!("qrlink_resumes_total").increment(1);
+        if took_over {
+            metrics::counter!("qrlink_takeovers_total").increment(1);
+        }
+        store.publish(|| WatchEvent::Resumed {
+            session: session.id.clone(),
+            at: rfc3339(SystemTime::now()),
+        });
+        Ok(Resumed {
+            attachment: Attachment {
+                store: store.clone(),
+                session,
+                takeover,
+                settled: false,
+            },
+            replay,
+        })
+    }
+
+    pub(super) fn cancel(&self, id: &str) -> bool {
+        match self.sessions.get(id) {
+            Some(s) => {
+                s.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> Vec<SessionInfo> {
+        let mut all: Vec<SessionInfo> = self.sessions.iter().map(|s| s.info()).collect();
+        all.sort_by_key(|s| std::cmp::Reverse(s.age_ms));
+        all
+    }
+
+    /// Keeps a session whose socket let go for the grace, or ends it when it cannot be resumed
+    /// (resume off, nothing shown yet to resume, an outcome already set, shutting down).
+    fn detach(store: &Arc<Memory>, session: &Arc<Session>, cursor: Cursor) {
+        {
+            let mut record = session.lock();
+            record.attached = None;
+            let resumable = session.resume_secret.is_some()
+                && record.last.is_some()
+                && session.outcome.get().is_none()
+                && !store.shutdown.is_cancelled();
+            if resumable {
+                record.cursor = cursor;
+                session.set_phase(Phase::Detached);
+                record.timer = Some(Memory::start_grace(store, session));
+                metrics::gauge!("qrlink_sessions_detached").increment(1.0);
+            }
+            drop(record);
+            if !resumable {
+                store.end(session);
+                return;
+            }
+        }
+        session.released.notify_waiters();
+        store.publish(|| WatchEvent::Detached {
+            session: session.id.clone(),
+            at: rfc3339(SystemTime::now()),
+        });
+    }
+
+    /// The grace timer of a detached session: it ends the session as `disconnected` when the
+    /// grace passes, at once when an operator cancels it or the gateway shuts down. A resume
+    /// aborts it.
+    fn start_grace(store: &Arc<Memory>, session: &Arc<Session>) -> AbortHandle {
+        let (tracker, grace) = (store.tracker.clone(), store.grace);
+        let (store, session) = (store.clone(), session.clone());
+        let timer = tracker.spawn(async move {
+            let outcome = tokio::select! {
+                () = tokio::time::sleep(grace) => Outcome::Disconnected,
+                () = session.cancel.cancelled() => Outcome::Cancelled,
+                () = store.shutdown.cancelled() => Outcome::Shutdown,
+            };
+            {
+                let mut record = session.lock();
+                // A resume that won the race attached it; it is not ours to end.
+                if record.attached.is_some() || record.timer.take().is_none() {
+                    return;
+                }
+            }
+            metrics::gauge!("qrlink_sessions_detached").decrement(1.0);
+            if outcome == Outcome::Disconnected {
+                metrics::counter!("qrlink_resume_expiries_total").increment(1);
+            }
+            session.set_outcome(outcome, None);
+            store.end(&session);
+        });
+        timer.abort_handle()
+    }
+
+    /// Removes a session and tells watchers how it ended.
+    fn end(&self, session: &Session) {
+        if self.sessions.remove(&session.id).is_none() {
+            return;
+        }
+        self.count.send_modify(|n| *n -= 1);
+        let (outcome, code) = session
+            .outcome
+            .get_or_init(|| (Outcome::Disconnected, None))
+            .clone();
+        let provider = session.provider.clone();
+        metrics::gauge!("qrlink_sessions_active", "provider" => provider.clone()).decrement(1.0);
+        metrics::counter!("qrlink_sessions_ended_total",
+            "provider" => provider, "outcome" => outcome.as_str())
+        .increment(1);
+        // A resume waiting on this session finds it ended.
+        session.released.notify_waiters();
+        self.publish(|| WatchEvent::Closed {
+            session: session.id.clone(),
+            outcome,
+            duration_ms: session.started.elapsed().as_millis() as u64,
+            code,
+        });
+    }
+}
+
+impl Record {
+    /// The last `qr` or `checkpoint` frame as it was sent, for a socket that resumes with
+    /// `formats` (default: the session's): the QR rendered again, `replay` and the token set.
+    fn replay(&self, formats: Option<QrFormats>, token: &str) -> Option<Envelope> {
+        let mut env = self.last.clone()?;
+        if let (ServerFrame::Qr(q), Some(qrcode)) = (&mut env.frame, &self.qrcode) {
+            let formats = formats.unwrap_or(self.request.formats);
+            // It rendered when it was first sent; the same string renders the same way.
+            link::render_qr(q, qrcode, formats).ok()?;
+        }
+        env.replay = true;
+        env.resume = Some(token.to_owned());
+        Some(env)
+    }
+}
+
+impl Session {
+    fn lock(&self) -> MutexGuard<'_, Record> {
+        // A panic while holding it leaves the record as consistent as any single field write.
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a state change.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// Records how the session ends; the first call wins.
+    pub fn set_outcome(&self, outcome: Outcome, code: Option<String>) {
+        let _ = self.outcome.set((outcome, code));
+    }
+
+    /// Updates phase, rotation, outcome and metrics from a frame about to be sent.
+    fn note_frame(&self, frame: &ServerFrame) {
+        match frame {
+            ServerFrame::Qr(q) => {
+                self.set_phase(Phase::Qr);
+                self.rotation.store(q.rotation, Ordering::Relaxed);
+                metrics::counter!("qrlink_qr_issued_total", "provider" => self.provider.clone())
+                    .increment(1);
+                if q.rotation == 1 {
+                    metrics::histogram!("qrlink_time_to_first_qr_seconds", "provider" => self.provider.clone())
+                        .record(self.started.elapsed().as_secs_f64());
+                }
+            }
+            ServerFrame::Checkpoint { .. } => self.set_phase(Phase::Checkpoint),
+            ServerFrame::Account { .. } => {
+                self.set_phase(Phase::Closing);
+                self.set_outcome(Outcome::Account, None);
+                metrics::histogram!("qrlink_time_to_scan_seconds", "provider" => self.provider.clone())
+                    .record(self.started.elapsed().as_secs_f64());
+            }
+            ServerFrame::Timeout { .. } => {
+                self.set_phase(Phase::Closing);
+                self.set_outcome(Outcome::Timeout, None);
+            }
+            ServerFrame::Error(e) => {
+                self.set_phase(Phase::Closing);
+                // `closed` names the code for errors only; cancel and shutdown say it all.
+                match e.code.as_str() {
+                    codes::CANCELLED => self.set_outcome(Outcome::Cancelled, None),
+                    codes::SHUTTING_DOWN => self.set_outcome(Outcome::Shutdown, None),
+                    _ => self.set_outcome(Outcome::Error, Some(e.code.clone())),
+                }
+            }
+        }
+    }
+
+    /// The current state, for snapshots.
+    pub fn info(&self) -> SessionInfo {
+        SessionInfo {
+            id: self.id.clone(),
+            provider: self.provider.clone(),
+            phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
+            rotation: self.rotation.load(Ordering::Relaxed),
+            started_at: rfc3339(self.started_at),
+            age_ms: self.started.elapsed().as_millis() as u64,
+            client: self.client.ip().to_string(),
+        }
+    }
+}
+
+impl std::ops::Deref for Attachment {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl Attachment {
+    /// What the attempt links and how it renders (the formats of the latest socket).
+    pub fn request(&self) -> Arc<LinkRequest> {
+        self.session.lock().request.clone()
+    }
+
+    /// Where the attempt stands: where this socket's attempt picks up.
+    pub fn cursor(&self) -> Cursor {
+        self.session.lock().cursor.clone()
+    }
+
+    /// Numbers a frame about to be sent and records what it means: phase, outcome, metrics,
+    /// and, for `qr` and `checkpoint` while resume is on, the frame a resume replays. A `qr`
+    /// frame comes with the string it encodes in `raw`; it is kept for the replay and taken off
+    /// the frame unless this socket asked for `raw`. Returns the frame with its resume token.
+    pub fn record(&self, mut frame: ServerFrame) -> Envelope {
+        self.session.note_frame(&frame);
+        let mut record = self.session.lock();
+        let qrcode = match &mut frame {
+            ServerFrame::Qr(q) if record.request.formats.raw => q.raw.clone(),
+            ServerFrame::Qr(q) => q.raw.take(),
+            _ => None,
+        };
+        record.seq += 1;
+        let mut env = Envelope::new(self.session.id.clone(), record.seq, frame);
+        let resumable = matches!(
+            env.frame,
+            ServerFrame::Qr(_) | ServerFrame::Checkpoint { .. }
+        );
+        if let (true, Some(secret)) = (resumable, &self.session.resume_secret) {
+            let mut last = Envelope::new(self.session.id.clone(), env.seq, env.frame.clone());
+            if let ServerFrame::Qr(q) = &mut last.frame {
+                (q.svg, q.text, q.raw) = (None, None, None);
+            }
+            record.last = Some(last);
+            record.qrcode = qrcode;
+            env.resume = Some(format!("{}.{secret}", self.session.id));
+        }
+        env
+    }
+
+    /// Publishes a frame just sent to watchers, without its resume token; builds nothing when
+    /// nobody watches.
+    pub fn publish_frame(&self, env: Envelope) {
+        self.store.publish(|| {
+            let mut env = env;
+            env.resume = None;
+            WatchEvent::Frame(Arc::new(env))
+        });
+    }
+
+    /// This socket lets go without ending the attempt: the session waits for a resume for the
+    /// grace (or ends now when it cannot be resumed). `cursor` is where the attempt stood.
+    pub fn detach(mut self, cursor: Cursor) {
+        self.settled = true;
+        Memory::detach(&self.store, &self.session, cursor);
+    }
+
+    /// Ends the session with the outcome its frames set (`disconnected` when none did).
+    pub fn end(mut self) {
+        self.settled = true;
+        self.store.end(&self.session);
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.store.end(&self.session);
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::Resume;
+    use crate::link::protocol::QrFrame;
+    use crate::store::Store;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:1234".parse().unwrap()
+    }
+
+    fn store(grace: Duration) -> Store {
+        Store::memory(
+            StoreConfig {
+                resume_grace: grace,
+                max_sessions: 100,
+                max_sessions_per_ip: 100,
+                sessions_per_ip_per_minute: 100,
+            },
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    fn request(provider: &str) -> LinkRequest {
+        LinkRequest {
+            provider: provider.into(),
+            account_id: None,
+            state: None,
+            proxy: None,
+            formats: QrFormats::default(),
+            qr_ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn qr(rotation: u32) -> ServerFrame {
+        ServerFrame::Qr(QrFrame {
+            rotation,
+            intent_id: "acc_1".into(),
+            expires_at: "2026-11-28T10:00:00.000Z".into(),
+            svg: Some("<svg/>".into()),
+            text: None,
+            raw: Some("2@payload".into()),
+        })
+    }
+
+    fn poll_cursor(rotation: u32) -> Cursor {
+        Cursor {
+            rotation,
+            next: Resume::Poll {
+                intent_id: "acc_1".into(),
+                shown: None,
+            },
+        }
+    }
+
+    #[test]
+    fn an_ended_attachment_removes_its_session() {
+        let store = store(Duration::ZERO);
+        let a = store.open(addr(), request("whatsapp"));
+        assert_eq!(store.len(), 1);
+        assert!(a.id.starts_with("ses_") && a.id.len() == 24);
+        assert_eq!(store.snapshot()[0].provider, "whatsapp");
+        a.end();
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_attachment_ends_its_session_as_disconnected() {
+        let store = store(Duration::from_secs(60));
+        let mut rx = store.subscribe();
+        drop(store.open(addr(), request("telegram")));
+        assert!(store.is_empty());
+        let _opened = rx.try_recv().unwrap();
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            WatchEvent::Closed {
+                outcome: Outcome::Disconnected,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn cancel_reaches_the_session_token() {
+        let store = store(Duration::ZERO);
+        let a = store.open(addr(), request("telegram"));
+        assert!(!a.cancel.is_cancelled());
+        assert!(store.cancel(&a.id));
+        assert!(a.cancel.is_cancelled());
+        assert!(!store.cancel("ses_nope"));
+    }
+
+    #[test]
+    fn watchers_see_opened_then_closed_with_the_outcome() {
+        let store = store(Duration::ZERO);
+        let mut rx = store.subscribe();
+        let a = store.open(addr(), request("whatsapp"));
+        let id = a.id.clone();
+        let _ = a.record(ServerFrame::Timeout { rotations: 2 });
+        a.end();
+        match rx.try_recv().unwrap() {
+            WatchEvent::Opened { session, .. } => assert_eq!(session, id),
+            other => panic!("expected opened, got {other:?}"),
+        }
+        match rx.try_recv().unwrap() {
+            WatchEvent::Closed { outcome, .. } => assert_eq!(outcome, Outcome::Timeout),
+            other => panic!("expected closed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_reports_phase_and_rotation() {
+        let store = store(Duration::ZERO);
+        let a = store.open(addr(), request("whatsapp"));
+        let _ = a.record(qr(3));
+        let info = &store.snapshot()[0];
+        assert_eq!((info.phase, info.rotation), (Phase::Qr, 3));
+    }
+
+    #[test]
+    fn without_a_grace_frames_carry_no_token_and_a_detach_ends_the_session() {
+        let store = store(Duration::ZERO);
+        let a = store.open(addr(), request("whatsapp"));
+        let env = a.record(qr(1));
+        assert_eq!(env.resume, None);
+        assert_eq!(env.frame, {
+            let mut f = qr(1);
+            if let ServerFrame::Qr(q) = &mut f {
+                q.raw = None;
+            }
+            f
+        });
+        a.detach(poll_cursor(1));
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_detached_session_resumes_with_its_last_frame_replayed() {
+        let store = store(Duration::from_secs(60));
+        let a = store.open(addr(), request("whatsapp"));
+        let first = a.record(qr(1));
+        let token = first.resume.clone().expect("a resume token");
+        let (id, secret) = token.split_once('.').unwrap();
+        assert_eq!(id, a.id);
+        assert!(secret.len() >= 22, "at least 128 bits: {token}");
+        a.detach(poll_cursor(1));
+        assert_eq!(store.snapshot()[0].phase, Phase::Detached);
+        assert_eq!(store.detached(), 1);
+
+        let resumed = store.resume(&token, "whatsapp", None).await.unwrap();
+        let replay = resumed.replay;
+        assert!(replay.replay);
+        assert_eq!((replay.seq, &replay.session), (1, &first.session));
+        match &replay.frame {
+            ServerFrame::Qr(q) => {
+                assert_eq!(q.rotation, 1);
+                assert!(q.svg.as_deref().is_some_and(|s| s.starts_with("<svg")));
+                assert_eq!(q.raw, None, "raw only when asked for");
+            }
+            other => panic!("expected the qr, got {other:?}"),
+        }
+        assert_eq!(resumed.attachment.cursor(), poll_cursor(1));
+        assert_eq!(store.detached(), 0);
+        let next = resumed.attachment.record(qr(2));
+        assert_eq!(next.seq, 2, "seq goes on");
+        resumed.attachment.end();
+    }
+
+    #[tokio::test]
+    async fn wrong_unknown_and_foreign_tokens_are_refused_and_leave_the_session() {
+        let store = store(Duration::from_secs(60));
+        let a = store.open(addr(), request("whatsapp"));
+        let token = a.record(qr(1)).resume.unwrap();
+        a.detach(poll_cursor(1));
+        let forged = format!("{}x", token);
+        for bad in ["", "nodot", "ses_unknown.secret", forged.as_str()] {
+            assert_eq!(
+                store.resume(bad, "whatsapp", None).await.unwrap_err(),
+                ResumeRefused::Expired,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            store.resume(&token, "telegram", None).await.unwrap_err(),
+            ResumeRefused::WrongProvider
+        );
+        let resumed = store.resume(&token, "whatsapp", None).await.unwrap();
+        resumed.attachment.end();
+        assert_eq!(
+            store.resume(&token, "whatsapp", None).await.unwrap_err(),
+            ResumeRefused::Expired,
+            "an ended session"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resume_takes_over_an_attached_socket_once_it_lets_go() {
+        let store = store(Duration::from_secs(60));
+        let a = store.open(addr(), request("whatsapp"));
+        let token = a.record(qr(1)).resume.unwrap();
+        let takeover = a.takeover.clone();
+        let resuming = tokio::spawn({
+            let store = store.clone();
+            async move { store.resume(&token, "whatsapp", None).await }
+        });
+        takeover.cancelled().await;
+        a.detach(poll_cursor(1));
+        let resumed = resuming.await.unwrap().unwrap();
+        assert!(!resumed.attachment.takeover.is_cancelled());
+        assert_eq!(store.len(), 1);
+        resumed.attachment.end();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_ends_a_detached_session_as_disconnected() {
+        let store = store(Duration::from_secs(120));
+        let mut rx = store.subscribe();
+        let a = store.open(addr(), request("whatsapp"));
+        let token = a.record(qr(1)).resume.unwrap();
+        a.detach(poll_cursor(1));
+        store.wait_for_count(|n| n == 0).await;
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert!(
+            matches!(
+                events.last(),
+                Some(WatchEvent::Closed {
+                    outcome: Outcome::Disconnected,
+                    ..
+                })
+            ),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, WatchEvent::Detached { .. }))
+        );
+        assert_eq!(
+            store.resume(&token, "whatsapp", None).await.unwrap_err(),
+            ResumeRefused::Expired
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_detached_session_ends_it_at_once() {
+        let store = store(Duration::from_secs(120));
+        let mut rx = store.subscribe();
+        let a = store.open(addr(), request("whatsapp"));
+        let _ = a.record(qr(1));
+        let id = a.id.clone();
+        a.detach(poll_cursor(1));
+        assert!(store.cancel(&id));
+        store.wait_for_count(|n| n == 0).await;
+        let closed = std::iter::from_fn(|| rx.try_recv().ok()).last();
+        assert!(
+            matches!(
+                closed,
+                Some(WatchEvent::Closed {
+                    outcome: Outcome::Cancelled,
+                    ..
+                })
+            ),
+            "{closed:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_shown_yet_means_a_detach_ends_the_session() {
+        let store = store(Duration::from_secs(60));
+        let a = store.open(addr(), request("whatsapp"));
+        a.detach(Cursor::default());
+        assert!(store.is_empty());
+    }
+}
