@@ -13,6 +13,11 @@
 //! | `qrlink_upstream_request_seconds` | endpoint, status | each Unipile call |
 //! | `qrlink_upstream_errors_total` | type | Unipile error answers surfaced |
 //! | `qrlink_upstream_retries_total` | endpoint | transient failures retried |
+//! | `qrlink_sessions_detached` | | sessions with no socket, waiting for a resume |
+//! | `qrlink_resumes_total` | | sockets that re-attached a session (`?resume=`) |
+//! | `qrlink_takeovers_total` | | resumes that took a session from a socket still attached |
+//! | `qrlink_resume_expiries_total` | | detached sessions whose grace passed (outcome `disconnected`) |
+//! | `qrlink_resume_refused_total` | reason | resumes refused: `expired`, `wrong_provider`, `busy` |
 //! | `qrlink_watchers` | | connected `/ws/watch` sockets |
 //! | `qrlink_runtime_tasks_alive` | | tokio tasks alive in the runtime serving `/metrics`, read at render time |
 //! | `qrlink_process_open_fds` | | open file descriptors of the process (`/proc/self/fd`, Linux only), read at render time |

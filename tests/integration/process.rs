@@ -200,10 +200,34 @@ async fn neither_the_api_key_nor_tokens_nor_any_qr_string_appear_in_trace_logs()
     let err = c.error().await;
     assert_eq!(err.code, "api/already_exists");
 
+    // A resumed flow (resume is on by default): its token travels in a URL too.
+    let mut c =
+        WsClient::connect(&format!("ws://{}/ws/link/whatsapp?token={token}", bin.addr)).await;
+    let first = c.frame().await;
+    let resume = first.resume.clone().expect("resume is on by default");
+    drop(c);
+    let mut c = WsClient::connect(&format!(
+        "ws://{}/ws/link/whatsapp?resume={resume}",
+        bin.addr
+    ))
+    .await;
+    let replay = c.frame().await;
+    assert!(replay.replay, "{replay:?}");
+    let ServerFrame::Qr(qr) = &replay.frame else {
+        panic!("expected the qr replayed, got {replay:?}");
+    };
+    sim.sim.scan(&qr.intent_id).unwrap();
+    let (frames, _) = frames_until_close(&mut c).await;
+    assert!(matches!(
+        frames.last().unwrap().frame,
+        ServerFrame::Account { .. }
+    ));
+
     let logs = bin
         .wait_for_log(|l| {
-            l.contains("session ended by the gateway")
-                || l.matches("link attempt opened").count() >= 3
+            l.contains("link attempt resumed")
+                && (l.contains("session ended by the gateway")
+                    || l.matches("link attempt opened").count() >= 4)
         })
         .await;
     assert!(
@@ -218,6 +242,11 @@ async fn neither_the_api_key_nor_tokens_nor_any_qr_string_appear_in_trace_logs()
     assert!(
         !logs.contains(TOKEN_SECRET),
         "the token secret leaked into the logs"
+    );
+    let (_, resume_secret) = resume.split_once('.').expect("id.secret");
+    assert!(
+        !logs.contains(resume_secret),
+        "the resume token leaked into the logs"
     );
     assert!(
         !logs.contains("acc_secret_existing_account"),

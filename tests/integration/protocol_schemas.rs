@@ -841,6 +841,73 @@ async fn api_sessions_answers_with_the_documented_shape() {
     assert_eq!(body["sessions"].as_array().unwrap().len(), 2, "{body}");
 }
 
+#[tokio::test]
+async fn every_frame_and_event_of_a_resumed_flow_matches_the_schemas() {
+    let gw = TestGateway::with(
+        common::sim_config(std::time::Duration::from_secs(30), 2),
+        &["--resume-grace", "60s"],
+    )
+    .await;
+    let s = Schemas::load();
+    let mut watcher = gw.connect("/ws/watch").await;
+    let _snapshot = watcher.next_raw().await;
+    let mut client = gw.connect("/ws/link/telegram").await;
+    let qr = expect_type(&next_frame(&s, &mut client).await, "qr").clone();
+    let token = qr["resume"].as_str().expect("a resume token").to_owned();
+    gw.sim().scan(qr["intent_id"].as_str().unwrap()).unwrap();
+    let checkpoint = expect_type(&next_frame(&s, &mut client).await, "checkpoint").clone();
+    assert_eq!(checkpoint["resume"], token.as_str());
+    drop(client);
+
+    // The watcher hears of the detach; /api/sessions shows it.
+    let session = qr["session"].as_str().unwrap();
+    let mut events = Vec::new();
+    while !events.iter().any(|e: &Value| e["type"] == "detached") {
+        match watcher.next_raw().await {
+            RawNext::Text(t) => events.push(s.check_text(Doc::Watch, &t)),
+            other => panic!("expected a watch event, got {other:?}"),
+        }
+    }
+    let body: Value = reqwest::get(gw.url("/api/sessions"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    s.check(
+        Doc::ApiSessions,
+        &body,
+        "GET /api/sessions with a detached session",
+    );
+    assert_eq!(body["sessions"][0]["phase"], "detached", "{body}");
+
+    let mut resumed = gw
+        .connect(&format!("/ws/link/telegram?resume={token}"))
+        .await;
+    let replay = next_frame(&s, &mut resumed).await;
+    assert_eq!(replay["replay"], true, "{replay}");
+    let mut unreplayed = replay.clone();
+    unreplayed.as_object_mut().unwrap().remove("replay");
+    assert_eq!(unreplayed, checkpoint, "the checkpoint exactly as it was");
+    send_client(&s, &mut resumed, json!({"type": "code", "code": TWOFA})).await;
+    let seen = rest_of(&s, &mut resumed, vec![replay]).await;
+    assert_eq!(seen.types(), ["checkpoint", "account"]);
+
+    events.extend(watch_until_closed(&s, &mut watcher, session).await);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"detached") && types.contains(&"resumed"),
+        "{types:?}"
+    );
+    for e in &events {
+        assert!(
+            e.get("resume").is_none(),
+            "watchers never see the token: {e}"
+        );
+    }
+    assert_eq!(events.last().unwrap()["outcome"], "account");
+}
+
 // ------------------------------------------------------------------- served documents
 
 /// Every `$ref: './schema/NAME.json#/POINTER'` in the AsyncAPI document.

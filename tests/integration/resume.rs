@@ -294,6 +294,21 @@ async fn a_second_socket_takes_over_and_the_first_is_closed_4000_without_a_termi
     gw.sim().scan(&intent).unwrap();
     common::ends_with_the_account(&mut second_tab).await;
     assert_eq!(intents_started(&gw), 1);
+
+    // The recorder is shared by every gateway in this process: counted at least this once.
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["qrlink_takeovers_total", "qrlink_resumes_total"] {
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"));
+        assert!(value >= 1.0, "{name} {value}");
+    }
 }
 
 /// Expects `session/expired` and close 1008 for a resume.
