@@ -13,17 +13,39 @@
  *   origin    the embedding page's origin (`https://app.example.com`); see "Messages to the host"
  *
  * Talks to (all same origin, resolved relative to this page so a path prefix works):
- *   GET  config.json                      protocol, demo flag, simulator path, providers
+ *   GET  config.json                      protocol, demo flag, simulator path, providers,
+ *                                         resume_grace_secs
  *   WS   ws/link/{provider}[?token=…]     protocol v1 frames (DESIGN.md section 4)
+ *   WS   ws/link/{provider}?resume=…      v1.1: re-attach to a detached attempt (section 8)
  *   POST {simulator}/scan/{intent_id}     demo mode only: "Simulate scan"
  *
  * State machine. main#app carries data-state, one of
  *   idle → connecting → qr ⇄ qr (rotation) → checkpoint → account
- *                                          ↘ timeout | error | disconnected
+ *                                          ↘ timeout | error | disconnected | expired
+ *   qr | checkpoint → reconnecting → (the replayed qr or checkpoint) | expired | elsewhere
  * and data-provider (the app being linked). render(state) shows the section whose
- * data-view lists the state and nothing else; the enter*() functions fill a view's content
- * and then call render. Every socket handler first checks that its attempt is still the
- * current one, so a late frame from an old socket can never repaint the page.
+ * data-view lists the state and nothing else (while reconnecting, also the view of the
+ * state it came from, dimmed); the enter*() functions fill a view's content and then call
+ * render. Every socket handler first checks that its attempt and socket are still the
+ * current ones, so a late frame from an old socket can never repaint the page.
+ *
+ * Resume (protocol v1.1). `qr` and `checkpoint` frames carry `resume`, a token that
+ * re-attaches to the same attempt for `resume_grace_secs` after its socket is lost. The page
+ * keeps it in sessionStorage (RESUME_KEY: token, provider, session, when it was stored, when
+ * the socket dropped) and:
+ *   - when the socket closes without a terminal frame (1006, 1012, a network error, anything
+ *     but the final codes below), shows "reconnecting" (the last code stays, dimmed and not
+ *     scannable; a checkpoint form stays, its button disabled) and reconnects with
+ *     ?resume= after about 0.25, 0.5, 1, 2 s and then every 5 s, until the grace since the
+ *     drop has passed ("expired"). The gateway first replays the last qr or checkpoint frame
+ *     (`replay: true`); a replayed qr whose expiry has passed is never shown as scannable.
+ *   - after a reload (or a return from the back/forward cache) within the grace, resumes
+ *     straight away, without the picker. Leaving the page does not cancel: the attempt
+ *     detaches, so a reload finds it again.
+ *   - close 4000: another tab or window resumed this attempt; say so calmly, no reconnect.
+ *   - `error` `session/expired`: the attempt is gone; the token is forgotten, "expired".
+ *   - the token is forgotten on every terminal frame, on cancel and when the grace passes.
+ * Close codes 1003, 1007, 1008 and 1009 are final: reconnecting would only repeat them.
  *
  * DOM hooks (stable, used by the browser tests)
  *   main#app[data-state][data-provider], and [data-ready="true"] once config.json is applied
@@ -35,8 +57,15 @@
  *   #checkpoint: #twofa-form (aria-busy="true" while checking), #twofa-code, #twofa-submit,
  *     #twofa-demo
  *   #success: #account-name, #account-provider, #account-id, #link-another
- *   #error (timeout, error, disconnected): #error-message, #error-hint, #retry (hidden when
- *     not retryable), #error-details
+ *   #error (timeout, error, disconnected, expired): #error-message, #error-hint, #retry (hidden
+ *     when not retryable; "Start again" when expired), #error-details
+ *   #reconnecting (reconnecting): #reconnecting-text; main#app[data-reconnect-from="qr|checkpoint"]
+ *     names the view kept on screen behind it (absent after a reload: nothing to keep);
+ *     #qr.is-paused while the code is dimmed for it
+ *   #elsewhere (elsewhere, after close 4000): #continue-here (resumes here, taking it back)
+ *   #qr[data-expired="true"]: the code shown (or replayed) has expired and must not be
+ *     scanned; #expiry-label then says "Expired, a new code is on its way"
+ *   main#app[data-resumes]: how many times this page re-attached (a replayed frame arrived)
  *   #status (role=status, aria-live=polite): one sentence per state change
  *   #demo-banner, #choose-another
  *
@@ -149,6 +178,8 @@
     'gateway/upstream_invalid': ['The linking service sent an answer this page could not use.', SUPPORT],
     'gateway/unsupported_step': ['{app} asked for a step this page cannot handle.', 'Try again. If it keeps happening, this account has to be linked another way.'],
     'session/cancelled': ['This link attempt was cancelled.', 'Start again when you are ready.', 'Cancelled'],
+    'session/expired': ['This link attempt has expired.', 'Start again to get a new code.', 'Link attempt expired', 'Start again'],
+    'request/rate_limited': ['There have been too many link attempts from this network.', 'Wait a minute, then try again.'],
   };
 
   /** Elements and attributes a QR SVG may keep; everything else is dropped before import. */
@@ -169,6 +200,28 @@
   const FADE_MS = 220;
   const TICK_MS = 250;
 
+  /** sessionStorage key of the resume record (see "Resume" at the top of this file). */
+  const RESUME_KEY = 'qrlink.resume';
+  /** Used when config.json does not say (an older gateway, or config.json unreadable). */
+  const DEFAULT_RESUME_GRACE_SECS = 120;
+  /** Reconnect delays after a drop; then RECONNECT_EVERY_MS until the grace has passed. */
+  const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000];
+  const RECONNECT_EVERY_MS = 5000;
+  /**
+   * ±15 % on each delay: after a gateway restart (1012) every page reconnects at once, and
+   * the jitter spreads them out.
+   */
+  const RECONNECT_JITTER = 0.15;
+  /** A resume socket that has not opened by then is given up and the next one tried. */
+  const RECONNECT_OPEN_TIMEOUT_MS = 10000;
+  /** Another tab or window resumed this attempt (protocol v1.1). */
+  const CLOSE_RESUMED_ELSEWHERE = 4000;
+  /**
+   * Closes that reconnecting cannot help: our own protocol errors (1003, 1007, 1009) and
+   * policy (1008: bad token, unknown provider, or a resume token the gateway refused).
+   */
+  const FINAL_CLOSE_CODES = new Set([1003, 1007, 1008, 1009]);
+
   const $ = (id) => document.getElementById(id);
   const ui = {
     app: $('app'),
@@ -181,7 +234,7 @@
     meterFill: $('meter-fill'),
     rotation: $('rotation'),
     countdown: $('countdown'),
-    expiryLabel: document.querySelector('.expiry-label'),
+    expiryLabel: $('expiry-label'),
     simulate: $('simulate-scan'),
     steps: $('steps'),
     demoTwofaHint: $('demo-twofa-hint'),
@@ -204,6 +257,10 @@
     errorDetails: $('error-details'),
     errorFacts: $('error-facts'),
     retry: $('retry'),
+    reconnecting: $('reconnecting'),
+    reconnectingText: $('reconnecting-text'),
+    elsewhereMessage: $('elsewhere-message'),
+    continueHere: $('continue-here'),
     status: $('status'),
     chooseAnother: $('choose-another'),
     chooseAnotherNav: $('choose-another').parentElement,
@@ -219,9 +276,15 @@
   let state = 'idle';
   /** The app of the current or last attempt; Retry starts it again. */
   let provider = null;
-  /** The current link attempt (one WebSocket), or null. */
+  /** The current link attempt (one WebSocket at a time; a resume opens the next), or null. */
   let attempt = null;
   let attemptCount = 0;
+  /** While reconnecting: the state whose view stays on screen, dimmed ('qr', 'checkpoint'), or null. */
+  let reconnectFrom = null;
+  /** Re-attachments that worked in this page (main#app[data-resumes]). */
+  let resumeCount = 0;
+  /** After close 4000: what "Continue here" resumes ({provider, token, session, phase}). */
+  let elsewhere = null;
 
   // ---------------------------------------------------------------- rendering
 
@@ -229,12 +292,20 @@
   function render(next, focusTarget) {
     state = next;
     ui.app.dataset.state = next;
+    const shown = [next];
+    if (next === 'reconnecting' && reconnectFrom) {
+      shown.push(reconnectFrom);
+      ui.app.dataset.reconnectFrom = reconnectFrom;
+    } else {
+      delete ui.app.dataset.reconnectFrom;
+      ui.qr.classList.remove('is-paused');
+    }
     for (const view of ui.views) {
-      view.hidden = !view.dataset.view.split(' ').includes(next);
+      view.hidden = !view.dataset.view.split(' ').some((v) => shown.includes(v));
     }
     // On the picker it is where you are; on success "Link another account" says it better.
     ui.chooseAnotherNav.hidden = next === 'idle' || next === 'account';
-    ui.simulate.hidden = !(next === 'qr' && config.demo && config.simulator);
+    ui.simulate.hidden = !(next === 'qr' && config.demo && config.simulator && ui.qr.dataset.expired !== 'true');
     const active = document.activeElement;
     const focusLost = !active || active === document.body || active.closest('[hidden]') !== null;
     if (focusTarget || focusLost) {
@@ -270,6 +341,7 @@
 
   function enterIdle(note) {
     stopAttempt();
+    elsewhere = null;
     setProvider(null);
     clearQr();
     setTitle('Link an account');
@@ -278,6 +350,13 @@
   }
 
   function enterConnecting(p) {
+    fillLinkView(p);
+    setStatus('Preparing a secure code for ' + p.name + '…');
+    render('connecting');
+  }
+
+  /** The QR view for `p`, with no code yet: title, steps, an empty box and a full meter. */
+  function fillLinkView(p) {
     setProvider(p);
     clearQr();
     setTitle('Link ' + p.name);
@@ -293,8 +372,6 @@
       ui.demoTwofaHint.textContent = 'Demo: after the scan, Telegram asks for a two-step verification password. It is “' +
         config.demo_twofa_password + '”.';
     }
-    setStatus('Preparing a secure code for ' + p.name + '…');
-    render('connecting');
   }
 
   function fillSteps(p) {
@@ -337,23 +414,52 @@
     const p = a.provider;
     const rotation = Number.isInteger(frame.rotation) && frame.rotation > 0 ? frame.rotation : (a.rotation || 0) + 1;
     const first = !a.rotation;
+    const replay = frame.replay === true;
+    // A replay repeats the last code exactly; how long it has left is best known from the
+    // deadline this page computed when that code first arrived (same rotation), which no
+    // clock difference between the gateway and this device can skew.
+    const known = replay ? knownDeadlineMs(a, rotation) : null;
+    const left = known !== null ? known : Date.parse(frame.expires_at) - Date.now();
     a.rotation = rotation;
     a.intentId = typeof frame.intent_id === 'string' ? frame.intent_id : null;
     a.scanning = false;
 
-    swapQr(svg);
-    startCountdown(a, frame.expires_at);
-
     const max = maxRotations(p);
     ui.rotation.textContent = 'Code ' + rotation + (max ? ' of up to ' + max : '');
+    resetSimulate();
+    if (replay && !(left > 0)) {
+      // Replayed after its expiry: never put a dead code on screen. The gateway is already
+      // asking for the next one, which arrives as an ordinary qr frame.
+      stopCountdown(a);
+      a.countdown = null;
+      clearQr();
+      markExpired(a);
+      ui.meterFill.style.setProperty('--fill', '0');
+      setStatus('Reconnected. That code has expired; a new code is on its way…');
+      render('qr');
+      return;
+    }
+
+    swapQr(svg);
+    startCountdown(a, frame.expires_at, known);
+
     // The label is set once per code, not every second: a screen reader re-reads a changing label.
     ui.qr.setAttribute('aria-label', 'QR code ' + rotation + ' for ' + p.name + ', expires in ' +
-      Math.max(1, Math.round(a.countdown.total / 1000)) + ' seconds');
-    resetSimulate();
-    setStatus(first
-      ? 'Code ready. Scan it with ' + p.name + ' on your phone.'
-      : 'New code ready (code ' + rotation + '). The previous one no longer works.');
+      Math.max(1, Math.round((a.countdown.deadline - performance.now()) / 1000)) + ' seconds');
+    setStatus(replay
+      ? 'Reconnected. The code is ready again: scan it with ' + p.name + ' on your phone.'
+      : first
+        ? 'Code ready. Scan it with ' + p.name + ' on your phone.'
+        : 'New code ready (code ' + rotation + '). The previous one no longer works.');
     render('qr');
+  }
+
+  /** Says the code on screen (or the one that would be) no longer works. */
+  function markExpired(a) {
+    ui.qr.dataset.expired = 'true';
+    ui.expiryLabel.textContent = 'Expired, a new code is on its way';
+    ui.countdown.textContent = '';
+    ui.qr.setAttribute('aria-label', 'QR code ' + a.rotation + ' for ' + a.provider.name + ' has expired; a new code is on its way');
   }
 
   /** A `checkpoint` frame: the app wants a password or code after the scan. */
@@ -363,8 +469,12 @@
     const p = a.provider;
     const cp = frame.checkpoint && typeof frame.checkpoint === 'object' ? frame.checkpoint : {};
     const type = typeof cp.type === 'string' ? cp.type : '';
+    const replay = frame.replay === true;
     const input = ui.twofaCode;
-    input.value = '';
+    // A replay asks the same question again after a reconnect: what was typed (or sent and
+    // lost with the connection) stays, so it only takes Continue.
+    const keep = replay && state === 'reconnecting' && reconnectFrom === 'checkpoint';
+    if (!keep) input.value = '';
     input.readOnly = false;
     input.removeAttribute('aria-invalid');
     ui.twofaInvalid.hidden = true;
@@ -402,8 +512,12 @@
     ui.twofaDemo.textContent = demo ? 'Demo mode: the simulator’s password is “' + config.demo_twofa_password + '”.' : '';
     // The same checkpoint again with an `error`: the last answer was wrong. Say so in the form
     // and let the person try again; the gateway ends the attempt after too many wrong answers.
-    const retry = frame.error && typeof frame.error === 'object';
-    if (retry) {
+    // A replay repeats the last frame; its `error` was about an answer given before the
+    // connection was lost, possibly followed by another one that never arrived: ask afresh.
+    const retry = !replay && frame.error && typeof frame.error === 'object';
+    if (replay) {
+      setStatus('Reconnected. ' + p.name + ' still needs one more step.');
+    } else if (retry) {
       ui.twofaInvalid.textContent = (type === '2FA' ? 'That password is not correct.' : 'That code is not correct.') +
         ' Check it and try again.';
       ui.twofaInvalid.hidden = false;
@@ -469,6 +583,34 @@
     render(kind, info.retryable ? ui.retry : ui.title);
   }
 
+  /** The attempt can no longer be resumed: the gateway said so, or the grace ran out. */
+  function expiredInfo(a, frame) {
+    const info = frame
+      ? errorInfo(a, frame)
+      : {
+          code: 'session/expired',
+          title: 'Link attempt expired',
+          message: 'The connection could not be restored in time, so this link attempt has ended.',
+          hint: 'Start again to get a new code.',
+          retryLabel: 'Start again',
+          facts: [['Session', a.session]],
+        };
+    info.retryable = true;
+    info.retryLabel = 'Start again';
+    return info;
+  }
+
+  /** Close 4000: this attempt goes on in another tab or window, which resumed it. */
+  function enterElsewhere(a) {
+    clearQr();
+    elsewhere = a.resume ? { provider: a.provider, token: a.resume, session: a.session, phase: a.phase } : null;
+    setTitle('Continued in another window');
+    ui.elsewhereMessage.textContent = 'This ' + a.provider.name + ' link attempt continued in another tab or window.';
+    ui.continueHere.hidden = !elsewhere;
+    setStatus('This link attempt continued in another tab or window.');
+    render('elsewhere', ui.title);
+  }
+
   function timeoutInfo(frame) {
     const n = Number.isInteger(frame.rotations) ? frame.rotations : null;
     return {
@@ -516,6 +658,7 @@
     }
     switch (closeEvent.code) {
       case 1001:
+      case 1012:
         return { title: 'Connection lost', message: 'The link service is restarting.', hint: 'Try again in a few seconds.', retryable: true, facts: facts };
       case 1008:
         return { title: 'Link not valid', message: 'The link service refused this link.', hint: 'Ask for a new link.', retryable: false, facts: facts };
@@ -534,50 +677,217 @@
 
   // ---------------------------------------------------------------- the link attempt
 
-  function start(p) {
-    stopAttempt();
-    const a = {
+  function newAttempt(p) {
+    return {
       id: ++attemptCount,
       provider: p,
       ws: null,
       session: null,
+      /** Whether any of its sockets ever opened. */
       opened: false,
       done: false,
       rotation: 0,
       intentId: null,
       countdown: null,
       slowTimer: 0,
+      /** The type of the last qr or checkpoint frame: what a resume comes back to. */
+      phase: null,
+      /** The resume token, once a frame carried one (protocol v1.1). */
+      resume: null,
+      /** The stored record this attempt was resumed from (after a reload), or null. */
+      stored: null,
+      /** While reconnecting: {droppedAt (epoch ms), deadline (performance.now ms), tries, timer, openTimer}. */
+      reconnect: null,
     };
+  }
+
+  function start(p) {
+    stopAttempt();
+    elsewhere = null;
+    const a = newAttempt(p);
     attempt = a;
     enterConnecting(p);
-
-    let ws;
-    try {
-      ws = new WebSocket(socketUrl(p.id));
-    } catch (err) {
-      // Only a malformed URL throws here; treat it like a socket that never opened.
-      finish(a);
-      enterFailure('disconnected', disconnectedInfo(a, { code: 0 }));
-      return;
-    }
-    a.ws = ws;
     a.slowTimer = window.setTimeout(() => {
       if (attempt === a && state === 'connecting') setStatus('Still preparing the code for ' + p.name + '…');
     }, SLOW_START_MS);
+    openSocket(a, socketUrl(p.id));
+  }
+
+  /**
+   * Resumes a detached attempt from its record ({token, provider, session, phase, rotation,
+   * qr_deadline}): after a reload, a return from the back/forward cache, or "Continue here".
+   * `leftMs` is what is left of the grace.
+   */
+  function resumeAttempt(p, record, droppedAt, leftMs) {
+    stopAttempt();
+    elsewhere = null;
+    const a = newAttempt(p);
+    a.resume = record.token;
+    a.session = typeof record.session === 'string' ? record.session : null;
+    a.phase = record.phase === 'checkpoint' ? 'checkpoint' : 'qr';
+    a.rotation = Number.isInteger(record.rotation) ? record.rotation : 0;
+    a.stored = record;
+    a.reconnect = { droppedAt: droppedAt, deadline: performance.now() + leftMs, tries: 0, timer: 0, openTimer: 0 };
+    attempt = a;
+    // Written again at once: a reload during this reconnect must find it too.
+    storeResume(a);
+    fillLinkView(p);
+    // Nothing of the old page is left to keep on screen; the QR box (empty, with its
+    // spinner) keeps the layout of the code that is coming back.
+    reconnectFrom = a.phase === 'qr' ? 'qr' : null;
+    if (reconnectFrom === 'qr') {
+      ui.expiryLabel.textContent = 'Reconnecting…';
+      ui.countdown.textContent = '';
+    }
+    ui.reconnectingText.textContent = 'Picking up your ' + p.name + ' link attempt where you left it.';
+    setStatus('Reconnecting to your ' + p.name + ' link attempt…');
+    render('reconnecting');
+    tryResume(a);
+  }
+
+  /** Opens one socket for the attempt; its frames and its close count while it is the current one. */
+  function openSocket(a, url) {
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (err) {
+      // Only a malformed URL throws here; treat it like a socket that never opened.
+      socketLost(a, { code: 0 });
+      return;
+    }
+    a.ws = ws;
+    const current = () => attempt === a && a.ws === ws;
     ws.onopen = () => {
-      if (attempt === a) a.opened = true;
+      if (current()) a.opened = true;
     };
     ws.onmessage = (event) => {
-      if (attempt === a) onFrame(a, event.data);
+      if (current()) onFrame(a, event.data);
     };
     ws.onclose = (event) => {
-      if (attempt !== a) return;
-      const wasDone = a.done;
-      finish(a);
-      if (!wasDone) enterFailure('disconnected', disconnectedInfo(a, event));
+      if (!current()) return;
+      a.ws = null;
+      if (a.done) {
+        finish(a);
+        return;
+      }
+      socketLost(a, event);
     };
     // onerror carries no detail and is always followed by onclose, which decides.
     ws.onerror = () => {};
+  }
+
+  /** The socket closed without a terminal frame, or never opened. */
+  function socketLost(a, closeEvent) {
+    if (a.reconnect) window.clearTimeout(a.reconnect.openTimer);
+    if (closeEvent.code === CLOSE_RESUMED_ELSEWHERE) {
+      finish(a);
+      forgetResume();
+      enterElsewhere(a);
+      return;
+    }
+    if (a.resume && graceMs() > 0 && !FINAL_CLOSE_CODES.has(closeEvent.code)) {
+      reconnectLater(a);
+      return;
+    }
+    const wasResuming = a.reconnect !== null;
+    finish(a);
+    forgetResume();
+    if (wasResuming) {
+      // The gateway refused the resume without saying why in a frame (e.g. 1008): the
+      // attempt cannot come back.
+      enterFailure('expired', expiredInfo(a, null));
+    } else {
+      enterFailure('disconnected', disconnectedInfo(a, closeEvent));
+    }
+  }
+
+  /** Schedules the next resume, or the end once the grace since the drop has passed. */
+  function reconnectLater(a) {
+    let r = a.reconnect;
+    if (!r) {
+      r = a.reconnect = { droppedAt: Date.now(), deadline: performance.now() + graceMs(), tries: 0, timer: 0, openTimer: 0 };
+      storeResume(a);
+      enterReconnecting(a);
+    }
+    window.clearTimeout(r.timer);
+    const left = r.deadline - performance.now();
+    const base = r.tries < RECONNECT_DELAYS_MS.length ? RECONNECT_DELAYS_MS[r.tries] : RECONNECT_EVERY_MS;
+    const delay = Math.round(base * (1 - RECONNECT_JITTER + Math.random() * 2 * RECONNECT_JITTER));
+    r.tries += 1;
+    if (delay < left) {
+      r.timer = window.setTimeout(() => tryResume(a), delay);
+    } else {
+      r.timer = window.setTimeout(() => expireAttempt(a), Math.max(0, left));
+    }
+  }
+
+  /** One resume: a socket with ?resume=; the gateway answers with the replayed frame. */
+  function tryResume(a) {
+    const r = a.reconnect;
+    if (attempt !== a || a.done || !r || a.ws) return;
+    window.clearTimeout(r.timer);
+    r.timer = 0;
+    if (performance.now() >= r.deadline) {
+      expireAttempt(a);
+      return;
+    }
+    openSocket(a, resumeUrl(a.provider.id, a.resume));
+    const ws = a.ws;
+    if (!ws) return;
+    // A socket that hangs while opening (a half-dead network) would stall the retries.
+    r.openTimer = window.setTimeout(() => {
+      if (a.ws === ws && ws.readyState === WebSocket.CONNECTING) ws.close();
+    }, RECONNECT_OPEN_TIMEOUT_MS);
+  }
+
+  /** Reconnects at once when the network or the page comes back, instead of at the next try. */
+  function retryResumeNow() {
+    const a = attempt;
+    if (a && a.reconnect && !a.ws && !a.done) tryResume(a);
+  }
+
+  /** The grace has passed without a resume: the gateway has ended the attempt. */
+  function expireAttempt(a) {
+    if (attempt !== a || a.done) return;
+    const ws = a.ws;
+    a.ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close(1000);
+    }
+    finish(a);
+    forgetResume();
+    enterFailure('expired', expiredInfo(a, null));
+  }
+
+  /**
+   * The connection dropped mid-attempt: a calm state, not an error. The code stays on screen
+   * but dimmed, so nobody scans it while its attempt is detached; a checkpoint form stays, its
+   * button disabled until the gateway asks again.
+   */
+  function enterReconnecting(a) {
+    reconnectFrom = state === 'qr' || state === 'checkpoint' ? state : null;
+    stopCountdown(a);
+    if (reconnectFrom === 'qr') {
+      ui.qr.classList.add('is-paused');
+      if (ui.qr.dataset.expired !== 'true') {
+        ui.expiryLabel.textContent = 'Reconnecting…';
+        ui.countdown.textContent = '';
+        ui.qr.setAttribute('aria-label', 'QR code ' + a.rotation + ' for ' + a.provider.name +
+          ' is on hold while the page reconnects; do not scan it now');
+      }
+      ui.reconnectingText.textContent = 'The connection was interrupted. The code comes back in a moment; keep this page open.';
+    } else if (reconnectFrom === 'checkpoint') {
+      ui.twofaCode.readOnly = false;
+      ui.twofaForm.removeAttribute('aria-busy');
+      ui.twofaSubmit.disabled = true;
+      ui.twofaSubmit.textContent = 'Continue';
+      ui.reconnectingText.textContent = 'The connection was interrupted. You can continue in a moment; keep this page open.';
+    } else {
+      ui.reconnectingText.textContent = 'The connection was interrupted. Keep this page open.';
+    }
+    setStatus('Connection lost. Reconnecting…');
+    render('reconnecting');
   }
 
   function onFrame(a, data) {
@@ -591,19 +901,38 @@
     if (!frame || typeof frame !== 'object') return;
     if (typeof frame.session === 'string') a.session = frame.session;
     window.clearTimeout(a.slowTimer);
+    if (a.reconnect) {
+      // The first frame on a resumed socket: the attempt is attached again.
+      window.clearTimeout(a.reconnect.timer);
+      window.clearTimeout(a.reconnect.openTimer);
+      a.reconnect = null;
+      if (frame.replay === true) {
+        resumeCount += 1;
+        ui.app.dataset.resumes = String(resumeCount);
+      }
+    }
+    if ((frame.type === 'qr' || frame.type === 'checkpoint') && typeof frame.resume === 'string' && frame.resume) {
+      a.resume = frame.resume;
+    }
     switch (frame.type) {
       case 'qr':
+        a.phase = 'qr';
         showQr(a, frame);
+        storeResume(a);
         break;
       case 'checkpoint':
+        a.phase = 'checkpoint';
         enterCheckpoint(a, frame);
+        storeResume(a);
         break;
       case 'account':
         finish(a);
+        forgetResume();
         enterAccount(a, frame);
         break;
       case 'timeout':
         finish(a);
+        forgetResume();
         enterFailure('timeout', timeoutInfo(frame));
         notifyHost({
           type: 'timeout',
@@ -614,7 +943,12 @@
         break;
       case 'error':
         finish(a);
-        enterFailure('error', errorInfo(a, frame));
+        forgetResume();
+        if (frame.code === 'session/expired') {
+          enterFailure('expired', expiredInfo(a, frame));
+        } else {
+          enterFailure('error', errorInfo(a, frame));
+        }
         notifyHost({
           type: 'error',
           provider: a.provider.id,
@@ -637,19 +971,31 @@
     a.done = true;
     stopCountdown(a);
     window.clearTimeout(a.slowTimer);
+    if (a.reconnect) {
+      window.clearTimeout(a.reconnect.timer);
+      window.clearTimeout(a.reconnect.openTimer);
+    }
   }
 
-  /** Leaves the current attempt. The gateway cancels upstream work when the socket goes. */
+  /**
+   * Leaves the current attempt and ends it: `cancel` on its socket, so the gateway stops
+   * upstream work at once (a plain close would only detach it, protocol v1.1).
+   */
   function stopAttempt() {
     const a = attempt;
     attempt = null;
     if (!a) return;
     const live = !a.done;
     finish(a);
+    if (live) forgetResume();
     const ws = a.ws;
+    const attached = ws !== null && ws.readyState === WebSocket.OPEN;
+    // Detached (reconnecting), or its resume socket still opening: cancel it through a socket
+    // of its own rather than leave it waiting out the grace.
+    if (live && a.resume && !attached) abandon(a.provider.id, a.resume);
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-    if (ws.readyState === WebSocket.OPEN && live) {
+    if (attached && live) {
       try {
         ws.send(JSON.stringify({ type: 'cancel' }));
       } catch (err) {
@@ -661,13 +1007,174 @@
     }
   }
 
-  function socketUrl(providerId) {
+  /**
+   * Leaving the page (a reload, a link, the back/forward cache): a resumable attempt is
+   * detached, not cancelled, so the page that comes next finds it again; the gateway aborts
+   * the upstream poll all the same. Without a resume token it ends as before.
+   */
+  function detachForUnload() {
+    const a = attempt;
+    if (!a || a.done || !a.resume || graceMs() === 0) {
+      stopAttempt();
+      return;
+    }
+    attempt = null;
+    if (!a.reconnect) a.reconnect = { droppedAt: Date.now(), deadline: 0, tries: 0, timer: 0, openTimer: 0 };
+    storeResume(a);
+    finish(a);
+    const ws = a.ws;
+    a.ws = null;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close(1000);
+  }
+
+  /** Cancels a detached attempt: resume it and send `cancel` at once; nothing is shown. */
+  function abandon(providerId, resumeToken) {
+    let ws;
+    try {
+      ws = new WebSocket(resumeUrl(providerId, resumeToken));
+    } catch (err) {
+      return;
+    }
+    const timer = window.setTimeout(() => ws.close(), RECONNECT_OPEN_TIMEOUT_MS);
+    ws.onopen = () => {
+      try {
+        ws.send(JSON.stringify({ type: 'cancel' }));
+      } catch (err) {
+        // Then the attempt ends when its grace does.
+      }
+    };
+    ws.onclose = () => window.clearTimeout(timer);
+  }
+
+  /** ws/link/{provider} on this page's host, without a query. */
+  function linkUrl(providerId) {
     const url = new URL('ws/link/' + encodeURIComponent(providerId), window.location.href);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     url.search = '';
     url.hash = '';
+    return url;
+  }
+
+  function socketUrl(providerId) {
+    const url = linkUrl(providerId);
     if (token) url.searchParams.set('token', token);
     return url.href;
+  }
+
+  /** The resume token is the credential: no connect token (it may have expired meanwhile). */
+  function resumeUrl(providerId, resumeToken) {
+    const url = linkUrl(providerId);
+    url.searchParams.set('resume', resumeToken);
+    return url.href;
+  }
+
+  // ---------------------------------------------------------------- resume record
+
+  /** The gateway's grace for a detached attempt; 0 = resume disabled. */
+  function graceMs() {
+    const secs = config.resume_grace_secs;
+    return (typeof secs === 'number' && Number.isFinite(secs) && secs >= 0 ? secs : DEFAULT_RESUME_GRACE_SECS) * 1000;
+  }
+
+  /**
+   * Which link this page was opened with: a short hash of the connect token (never the token
+   * itself), so a tab reused for someone else's link does not resume the previous attempt.
+   */
+  const linkId = (function () {
+    if (!token) return '';
+    let h = 0x811c9dc5;
+    for (let i = 0; i < token.length; i++) {
+      h ^= token.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    return h.toString(36);
+  })();
+
+  /** Writes the attempt's resume record (sessionStorage: this tab only, gone with it). */
+  function storeResume(a) {
+    if (attempt !== a && !(a.reconnect && a.reconnect.droppedAt)) return;
+    if (!a.resume || a.done) return;
+    const c = a.countdown;
+    const known = a.stored && a.stored.session === a.session && a.stored.rotation === a.rotation &&
+      Number.isFinite(a.stored.qr_deadline) ? a.stored.qr_deadline : null;
+    const record = {
+      v: 1,
+      token: a.resume,
+      provider: a.provider.id,
+      session: a.session,
+      link: linkId,
+      stored_at: Date.now(),
+      dropped_at: a.reconnect ? a.reconnect.droppedAt : null,
+      phase: a.phase,
+      rotation: a.rotation,
+      // The code's end in this device's time, so a replay after a reload can tell whether it
+      // still works without trusting the clocks to agree.
+      qr_deadline: c && c.rotation === a.rotation ? Math.round(Date.now() + c.deadline - performance.now()) : known,
+    };
+    try {
+      window.sessionStorage.setItem(RESUME_KEY, JSON.stringify(record));
+    } catch (err) {
+      // Storage disabled or full: resuming after a drop still works, after a reload not.
+    }
+  }
+
+  function forgetResume() {
+    try {
+      window.sessionStorage.removeItem(RESUME_KEY);
+    } catch (err) {
+      // Nothing stored, then.
+    }
+  }
+
+  /** The stored record and what is left of its grace, or null (then it is forgotten). */
+  function readResume() {
+    let record = null;
+    try {
+      record = JSON.parse(window.sessionStorage.getItem(RESUME_KEY) || 'null');
+    } catch (err) {
+      record = null;
+    }
+    if (!record) return null;
+    const valid = record.v === 1 && nonEmpty(record.token) && nonEmpty(record.provider) && record.link === linkId;
+    const droppedAt = Number.isFinite(record.dropped_at) ? record.dropped_at : record.stored_at;
+    const left = graceMs() - (Date.now() - droppedAt);
+    if (!valid || !Number.isFinite(left) || left <= 0) {
+      forgetResume();
+      return null;
+    }
+    return { record: record, droppedAt: droppedAt, left: Math.min(left, graceMs()) };
+  }
+
+  /** Milliseconds left on a replayed code, from this page's own deadline for it; null if unknown. */
+  function knownDeadlineMs(a, rotation) {
+    const c = a.countdown;
+    if (c && c.rotation === rotation) return c.deadline - performance.now();
+    const r = a.stored;
+    if (r && r.session === a.session && r.rotation === rotation && Number.isFinite(r.qr_deadline)) {
+      return r.qr_deadline - Date.now();
+    }
+    return null;
+  }
+
+  /**
+   * At start: an attempt this tab left within the grace is resumed at once (its provider's
+   * flow, no picker), unless the URL asks for another app.
+   */
+  function resumeFromStorage() {
+    const found = readResume();
+    if (!found) return false;
+    const r = found.record;
+    const asked = new URLSearchParams(window.location.search).get('provider');
+    const p = providerById(r.provider);
+    if (!p || graceMs() === 0 || (asked && asked !== r.provider)) {
+      forgetResume();
+      if (p && graceMs() > 0) abandon(p.id, r.token);
+      return false;
+    }
+    resumeAttempt(p, r, found.droppedAt, found.left);
+    return true;
   }
 
   // ---------------------------------------------------------------- countdown
@@ -678,12 +1185,17 @@
    * provider's lifetime from now is used instead. Deadlines use performance.now(), which
    * does not jump when the device's clock is changed.
    */
-  function startCountdown(a, expiresAt) {
+  function startCountdown(a, expiresAt, knownLeft) {
     stopCountdown(a);
     const ttl = ttlMs(a.provider);
     let left = Date.parse(expiresAt) - Date.now();
-    if (!Number.isFinite(left) || left <= 0 || left > ttl * 2) left = ttl;
+    if (Number.isFinite(knownLeft)) {
+      left = knownLeft; // a replayed code: this page's own deadline for it (see showQr)
+    } else if (!Number.isFinite(left) || left <= 0 || left > ttl * 2) {
+      left = ttl;
+    }
     const c = {
+      rotation: a.rotation,
       deadline: performance.now() + left,
       // A code that arrived late shows a part-drained bar: the lifetime is the whole.
       total: Math.max(left, ttl),
@@ -693,6 +1205,7 @@
     };
     a.countdown = c;
     ui.qr.classList.remove('is-stale');
+    delete ui.qr.dataset.expired;
     ui.expiryLabel.textContent = 'Expires in';
     const tick = () => {
       const ms = Math.max(0, c.deadline - performance.now());
@@ -708,9 +1221,7 @@
         // and dim this one so nobody scans a code that no longer works.
         c.expired = true;
         ui.qr.classList.add('is-stale');
-        ui.expiryLabel.textContent = 'Expired, new code coming';
-        ui.countdown.textContent = '';
-        ui.qr.setAttribute('aria-label', 'QR code ' + a.rotation + ' for ' + a.provider.name + ' has expired; a new code is on its way');
+        markExpired(a);
         setStatus('This code has expired. Getting a new one…');
       }
     };
@@ -796,7 +1307,8 @@
 
   /** Removes any code from the page: a code that no longer works must not stay visible. */
   function clearQr() {
-    ui.qr.classList.remove('is-stale');
+    ui.qr.classList.remove('is-stale', 'is-paused');
+    delete ui.qr.dataset.expired;
     if (ui.qr.querySelector('.qr-placeholder') && !ui.qr.querySelector('.qr-layer')) return;
     const placeholder = document.createElement('div');
     placeholder.className = 'qr-placeholder';
@@ -1066,6 +1578,13 @@
     ui.retry.addEventListener('click', () => {
       if (provider) start(provider);
     });
+    ui.continueHere.addEventListener('click', () => {
+      const e = elsewhere;
+      if (!e) return;
+      // Takes the attempt back: the other tab or window gets close 4000 in turn.
+      // Back to the view it left (a password step must not come back through a QR box).
+      resumeAttempt(e.provider, { token: e.token, session: e.session, phase: e.phase }, Date.now(), graceMs());
+    });
     ui.linkAnother.addEventListener('click', backToPicker);
     ui.chooseAnother.addEventListener('click', (event) => {
       event.preventDefault();
@@ -1088,15 +1607,24 @@
     };
     if ('ResizeObserver' in window) new ResizeObserver(resnap).observe(ui.qr);
     else window.addEventListener('resize', resnap);
-    // Leaving the page ends the attempt at once: the gateway then aborts the upstream poll.
-    window.addEventListener('pagehide', stopAttempt);
-    // Back from the back/forward cache: the socket was closed on the way out, so an attempt
-    // that was still running starts again with a fresh code.
+    // Leaving the page detaches a resumable attempt (a reload finds it again) and ends any
+    // other at once; either way the gateway aborts the upstream poll.
+    window.addEventListener('pagehide', detachForUnload);
+    // Back from the back/forward cache: the socket was closed on the way out, so the attempt
+    // is resumed within the grace, and otherwise starts again with a fresh code.
     window.addEventListener('pageshow', (event) => {
-      if (event.persisted && provider && ['connecting', 'qr', 'checkpoint'].includes(state)) start(provider);
+      if (!event.persisted) return;
+      if (resumeFromStorage()) return;
+      if (provider && ['connecting', 'qr', 'checkpoint', 'reconnecting'].includes(state)) start(provider);
+    });
+    // While reconnecting, a network or a page (a phone's browser coming back to the front)
+    // that returns is tried at once rather than at the next step of the backoff.
+    window.addEventListener('online', retryResumeNow);
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible') retryResumeNow();
     });
 
-    route();
+    if (!resumeFromStorage()) route();
     ui.app.dataset.ready = 'true';
   }
 

@@ -5,6 +5,11 @@
 // first connected); every event goes to the log. On `lagged` the table is re-read from
 // GET /api/sessions. The socket reconnects with capped, jittered backoff.
 //
+// Resume (protocol v1.1): `detached` puts a session's row in phase "detached" (its page went
+// away; the session waits out the resume grace), `resumed` puts it back in the phase it had
+// before (qr or checkpoint; "resumed" when this page never saw it), which the replayed or next
+// frame confirms. A detached session whose grace passes ends with `closed` `disconnected`.
+//
 // Ages are measured with this browser's clock from when the page learned of the session
 // (snapshot `age_ms`, or the moment `opened` arrived), so a skewed server clock cannot make
 // them wrong.
@@ -28,7 +33,8 @@
   const dot = $("watch-dot");
   const log = $("log");
 
-  /** session id -> { row, startedAt (ms, local clock), closed: bool } */
+  /** session id -> { row, startedAt (ms, local clock), closed: bool, lastPhase: the last phase
+   *  other than detached/resumed, what a resume returns to } */
   const sessions = new Map();
   const counts = Object.fromEntries(OUTCOMES.map((o) => [o, 0]));
 
@@ -238,16 +244,30 @@
         break;
       case "qr":
         update(ev.session, { phase: "qr", rotation: ev.rotation });
-        addLog("qr", ev.session, `QR ${ev.rotation} shown, expires ${clock(ev.expires_at)}`);
+        if (ev.replay) {
+          addLog("qr", ev.session, `QR ${ev.rotation} shown again after a resume, expires ${clock(ev.expires_at)}`);
+        } else {
+          addLog("qr", ev.session, `QR ${ev.rotation} shown, expires ${clock(ev.expires_at)}`);
+        }
         break;
       case "checkpoint":
         update(ev.session, { phase: "checkpoint" });
         addLog(
           "checkpoint",
           ev.session,
-          `checkpoint ${(ev.checkpoint && ev.checkpoint.type) || ""}: waiting for the code`,
+          `checkpoint ${(ev.checkpoint && ev.checkpoint.type) || ""}${ev.replay ? " asked again after a resume" : ""}: waiting for the code`,
         );
         break;
+      case "detached":
+        update(ev.session, { phase: "detached" });
+        addLog("detached", ev.session, "detached: its page went away; waiting for it to resume");
+        break;
+      case "resumed": {
+        const s = sessions.get(ev.session);
+        update(ev.session, { phase: (s && s.lastPhase) || "resumed" });
+        addLog("resumed", ev.session, "resumed: its page is back");
+        break;
+      }
       case "account": {
         update(ev.session, { phase: "closing" });
         const a = ev.account || {};
@@ -355,6 +375,7 @@
     const s = sessions.get(id);
     if (!s || s.closed) return;
     if (phase !== undefined) {
+      if (phase !== "detached" && phase !== "resumed") s.lastPhase = phase;
       const td = s.row.querySelector("td.phase");
       td.textContent = phase;
       td.dataset.value = phase;
@@ -452,8 +473,8 @@
 
   // ------------------------------------------------------------------ log
 
-  /** `kind` styles the entry: opened, qr, checkpoint, account, timeout, error, cancelled, closed
-   *  (with its `outcome`), info, warn. */
+  /** `kind` styles the entry: opened, qr, checkpoint, detached, resumed, account, timeout, error,
+   *  cancelled, closed (with its `outcome`), info, warn. */
   function addLog(kind, session, text, outcome) {
     const li = document.createElement("li");
     li.className = "log-entry";

@@ -10,17 +10,14 @@
 //! Without `chromium` or `chromedriver` the tests say why and pass, unless `CI` is set: CI
 //! installs both (`.ci/run`), so there a missing browser is a failure.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::browser::{self, Page, PageKind};
+use crate::common::tcp_proxy::TcpProxy;
 use crate::common::{DemoGateway, TWOFA, TestGateway, sim_config};
 use fantoccini::key::Key;
 use qrlink::simulator::{Endpoint, Fault};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 // ------------------------------------------------------------------------------------------
 // The tests
@@ -282,7 +279,7 @@ async fn demo_mode_shows_its_banner_and_simulate_scan_links_the_account() {
 #[tokio::test]
 async fn arriving_with_a_provider_starts_at_once_and_a_dropped_connection_offers_retry() {
     let gw = TestGateway::with(sim_config(Duration::from_secs(30), 2), &[]).await;
-    let proxy = CuttableProxy::start(gw.addr).await;
+    let proxy = TcpProxy::start(gw.addr).await;
     run(
         "arriving_with_a_provider_starts_at_once_and_a_dropped_connection_offers_retry",
         async |page| {
@@ -600,66 +597,5 @@ impl LinkPage for Page {
             left >= 0.0 && left + width <= inner,
             "the code is cut off: {qr:?}"
         );
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// A connection that can be cut
-
-/// A TCP proxy in front of the gateway whose open connections can be cut at once, like a
-/// network that goes away: the browser sees its WebSocket end without a Close frame.
-struct CuttableProxy {
-    addr: SocketAddr,
-    /// Cancelled by `cut`: every connection open at that moment ends.
-    current: Arc<Mutex<CancellationToken>>,
-    stop: CancellationToken,
-}
-
-impl CuttableProxy {
-    async fn start(target: SocketAddr) -> CuttableProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let current = Arc::new(Mutex::new(CancellationToken::new()));
-        let stop = CancellationToken::new();
-        let (tokens, stopped) = (current.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let mut inbound = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                    () = stopped.cancelled() => return,
-                };
-                let cut = tokens.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        () = cut.cancelled() => {}
-                    }
-                });
-            }
-        });
-        CuttableProxy {
-            addr,
-            current,
-            stop,
-        }
-    }
-
-    /// Drops every open connection; later ones go through.
-    fn cut(&self) {
-        let old = std::mem::take(&mut *self.current.lock().unwrap());
-        old.cancel();
-    }
-}
-
-impl Drop for CuttableProxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.cut();
     }
 }

@@ -12,6 +12,7 @@ mod dashboard_page;
 mod http_api;
 mod link_flow;
 mod link_page;
+mod link_page_resume;
 mod load_generator;
 mod process;
 mod protocol_errors;

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod scan;
+pub mod tcp_proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
