@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::config::{Config, UpstreamHttp};
+use crate::config::{Config, QrTtl, UpstreamHttp};
 use crate::http::{SIMULATOR_MOUNT, router};
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::AppState;
@@ -37,7 +37,10 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the gateway for a listener bound at `local_addr` (demo mode calls its own
     /// simulator through that address).
-    pub fn new(config: Config, local_addr: SocketAddr) -> Result<Gateway, upstream::BuildError> {
+    pub fn new(
+        mut config: Config,
+        local_addr: SocketAddr,
+    ) -> Result<Gateway, upstream::BuildError> {
         let public_url = config
             .public_url
             .clone()
@@ -54,6 +57,16 @@ impl Gateway {
                 ));
                 let base = format!("http://{}{SIMULATOR_MOUNT}", loopback_of(local_addr));
                 let twofa = sim.providers.iter().find_map(|p| p.twofa_password.clone());
+                // The gateway knows how long its own simulator's codes live: the page's
+                // countdown follows `--demo-qr-ttl`, not the estimate meant for Unipile.
+                config.qr_ttl = QrTtl {
+                    default: config.demo_qr_ttl,
+                    per_provider: sim
+                        .providers
+                        .iter()
+                        .map(|p| (p.name.clone(), p.qr_ttl))
+                        .collect(),
+                };
                 (base, key, Some((Simulator::new(sim), twofa)))
             }
         };

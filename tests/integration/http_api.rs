@@ -129,9 +129,27 @@ async fn demo_mode_runs_the_whole_flow_against_the_embedded_simulator() {
     assert_eq!(page["demo"], true);
     assert_eq!(page["simulator"], "/simulator");
     assert_eq!(page["resume_grace_secs"], 120.0, "resume is on by default");
+    // The countdown follows the embedded simulator's codes (`--demo-qr-ttl 30s`, Telegram half).
+    let ttl = |id: &str| {
+        page["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .map(|p| p["qr_ttl_secs"].as_u64().unwrap())
+    };
+    assert_eq!((ttl("whatsapp"), ttl("telegram")), (Some(30), Some(15)));
 
     let mut client = WsClient::connect(&format!("ws://{addr}/ws/link/whatsapp?qr=raw")).await;
     let qr = client.qr().await;
+    let expires = humantime::parse_rfc3339(&qr.expires_at).unwrap();
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_secs(25) && left <= Duration::from_secs(30),
+        "the demo code lives 30 s, expires_at says {left:?}"
+    );
     let raw = qr.raw.clone().unwrap();
     let scan_url = format!("http://{addr}/simulator/scan/{}", qr.intent_id);
     assert!(
