@@ -78,14 +78,8 @@ pub async fn link(
     }
     let client = auth::client_addr(&state.config, peer, &headers);
     let token = auth::token_from_request(params.get("token"), &headers).map(str::to_owned);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_WRITE_BUFFER);
     ws.protocols([auth::SUBPROTOCOL])
-        .on_upgrade(config, move |socket| {
+        .on_upgrade(socket_config(), move |socket| {
             let tracker = state.tracker.clone();
             let attempt = Attempt {
                 provider,
@@ -95,6 +89,18 @@ pub async fn link(
             };
             tracker.track_future(link_socket(Box::new(socket), state, attempt))
         })
+}
+
+/// The link socket's tungstenite settings: the client message limit, small buffers, no write
+/// buffering (see [`send_text`]). Public so the Autobahn conformance test
+/// (tests/integration/autobahn.rs) runs its echo endpoint on exactly these limits.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
 }
 
 /// What the upgrade request asked for.
@@ -393,14 +399,7 @@ async fn session_loop(
                     session.publish_frame(env);
                 }
                 session.detach(cursor);
-                // A client that closed (a reload sends 1001) gets tungstenite's queued answer.
-                // tungstenite writes it, then reports the connection closed before flushing its
-                // stream, so the gathering writer under it is flushed here.
-                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-                    let _ = socket.flush().await;
-                    let _ = tokio::io::AsyncWriteExt::flush(socket.get_mut()).await;
-                })
-                .await;
+                flush_after_hang_up(&mut socket).await;
             }
             Leave::TakenOver => {
                 tracing::info!("resumed elsewhere");
@@ -452,8 +451,8 @@ fn client_message(msg: Option<Result<Message, tungstenite::Error>>) -> Incoming 
 }
 
 /// Which protocol errors deserve an error frame (the socket still works for writing), as
-/// opposed to a broken connection.
-fn ws_error_kind(e: &tungstenite::Error) -> Option<u16> {
+/// opposed to a broken connection: the close code for the former, `None` for the latter.
+pub fn ws_error_kind(e: &tungstenite::Error) -> Option<u16> {
     match e {
         tungstenite::Error::Capacity(_) => Some(close::TOO_BIG),
         tungstenite::Error::Utf8(_) => Some(close::INVALID_PAYLOAD),
@@ -486,7 +485,7 @@ async fn send_frame(socket: &mut Socket, timeout: Duration, envelope: &Envelope)
 
 /// Sends Close and waits briefly for the client's Close, so well-behaved clients see a clean
 /// close handshake; a silent client is dropped after [`CLOSE_HANDSHAKE`].
-async fn close_socket(mut socket: Box<Socket>, code: u16, reason: &'static str) {
+pub async fn close_socket(mut socket: Box<Socket>, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code: code.into(),
         reason: reason.into(),
@@ -504,12 +503,24 @@ async fn close_socket(mut socket: Box<Socket>, code: u16, reason: &'static str) 
     .await;
 }
 
+/// Sends what is still owed to a client that hung up or broke the protocol: a client that
+/// closed (a reload sends 1001) gets tungstenite's queued answer. tungstenite writes it, then
+/// reports the connection closed before flushing its stream, so the gathering writer under it
+/// is flushed here; a client that does not take it is dropped after [`CLOSE_HANDSHAKE`].
+pub async fn flush_after_hang_up(socket: &mut Socket) {
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        let _ = socket.flush().await;
+        let _ = tokio::io::AsyncWriteExt::flush(socket.get_mut()).await;
+    })
+    .await;
+}
+
 /// Sends one text message: whole when it fits in [`FRAGMENT_SIZE`], else as a fragmented
 /// message (a Text frame without FIN, Continuation frames, the last with FIN) cut on character
 /// boundaries, so each fragment is valid UTF-8 on its own too. The fragments are written one by
 /// one from this task, so nothing but tungstenite's own Pong can fall between them, which
 /// RFC 6455 allows for control frames.
-async fn send_text(socket: &mut Socket, text: String) -> Result<(), tungstenite::Error> {
+pub async fn send_text(socket: &mut Socket, text: String) -> Result<(), tungstenite::Error> {
     if text.len() <= FRAGMENT_SIZE {
         return socket.send(Message::Text(text.into())).await;
     }
