@@ -7,6 +7,7 @@
 
 mod common;
 
+mod autobahn;
 mod cancellation;
 mod dashboard_page;
 mod http_api;
