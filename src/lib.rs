@@ -25,9 +25,13 @@
 //! - [`net`]: TCP accept with back-off, for the gateway's and the simulator's accept loops.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`telemetry`]: tracing setup.
+//! - `arb` (tests only): proptest strategies for hostile input, shared by the property tests
+//!   that sit next to private parsers.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod arb;
 pub mod config;
 pub mod gateway;
 pub mod http;

@@ -170,14 +170,8 @@ async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt
         client,
         token,
     } = attempt;
-    if !state.config.providers.contains(&provider) {
-        return Box::pin(refuse(
-            socket,
-            codes::UNKNOWN_PROVIDER,
-            false,
-            close::POLICY,
-        ))
-        .await;
+    if let Err(code) = check_provider(&state.config.providers, &provider) {
+        return Box::pin(refuse(socket, code, false, close::POLICY)).await;
     }
     if state.shutdown.is_cancelled() {
         return Box::pin(refuse(
@@ -243,6 +237,17 @@ async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt
     .instrument(span)
     .await;
     drop(permit);
+}
+
+/// Whether this gateway links the path's provider; if not, the refusal's code. Exact names: the
+/// name goes on to Unipile and into metrics labels, so a near miss (case, spaces, an encoded
+/// character) is refused rather than guessed at.
+fn check_provider(providers: &[String], provider: &str) -> Result<(), &'static str> {
+    if providers.iter().any(|p| p == provider) {
+        Ok(())
+    } else {
+        Err(codes::UNKNOWN_PROVIDER)
+    }
 }
 
 /// `?resume=TOKEN`: re-attaches the token's session to this socket, replays its last frame and
@@ -423,6 +428,8 @@ async fn session_loop(
     .await;
 }
 
+/// What a client's message means for the session.
+#[derive(Debug, PartialEq, Eq)]
 enum Incoming {
     Ignore,
     Gone,
@@ -437,7 +444,7 @@ fn client_message(msg: Option<Result<Message, tungstenite::Error>>) -> Incoming 
         // Reading never yields a raw `Frame`; tungstenite answers pings itself.
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Incoming::Ignore,
         Some(Ok(Message::Binary(_))) => Incoming::Invalid(close::UNSUPPORTED_DATA),
-        Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientFrame>(&text) {
+        Some(Ok(Message::Text(text))) => match ClientFrame::from_json(&text) {
             Ok(ClientFrame::Cancel) => Incoming::Cancel,
             Ok(ClientFrame::Code { code }) => Incoming::Code(code),
             Ok(ClientFrame::Unknown) => Incoming::Ignore,
@@ -547,3 +554,7 @@ pub async fn send_text(socket: &mut Socket, text: String) -> Result<(), tungsten
     }
     socket.flush().await
 }
+
+#[cfg(test)]
+#[path = "link_socket_props.rs"]
+mod props;

@@ -169,6 +169,25 @@ pub enum ClientFrame {
     Unknown,
 }
 
+impl ClientFrame {
+    /// Reads one client message. Only a JSON object is a frame: serde's internally tagged enums
+    /// also read a sequence with the tag first (`["cancel"]` would cancel), which the protocol
+    /// does not allow and no client sends.
+    pub fn from_json(text: &str) -> Result<ClientFrame, serde_json::Error> {
+        // An object is the only JSON text whose first character past whitespace is `{`.
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
+            return Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Other("a JSON value that is not an object"),
+                &"a JSON object",
+            ));
+        }
+        serde_json::from_str(text)
+    }
+}
+
 /// The gateway's own error codes (upstream codes pass through unchanged).
 pub mod codes {
     /// The path names a provider this gateway does not link.
@@ -375,6 +394,16 @@ mod tests {
         let later: ClientFrame = serde_json::from_str(r#"{"type":"hello_from_v2","x":1}"#).unwrap();
         assert_eq!(later, ClientFrame::Unknown);
         assert!(serde_json::from_str::<ClientFrame>(r#"{"code":"1"}"#).is_err());
+        assert!(matches!(
+            ClientFrame::from_json(" {\"type\":\"cancel\"}"),
+            Ok(ClientFrame::Cancel)
+        ));
+        for not_an_object in [r#"["cancel"]"#, r#"["code","1"]"#, r#""cancel""#, "1"] {
+            assert!(
+                ClientFrame::from_json(not_an_object).is_err(),
+                "{not_an_object}"
+            );
+        }
     }
 
     #[test]

@@ -218,9 +218,7 @@ impl Memory {
             metrics::counter!("qrlink_resume_refused_total", "reason" => label).increment(1);
             reason
         };
-        let (id, secret) = token
-            .split_once('.')
-            .ok_or(refused(ResumeRefused::Expired))?;
+        let (id, secret) = parse_resume_token(token).ok_or(refused(ResumeRefused::Expired))?;
         let session = store
             .sessions
             .get(id)
@@ -561,6 +559,15 @@ impl Drop for Attachment {
     }
 }
 
+/// Splits a resume token `ses_….<secret>` into the session id and the secret; `None` for
+/// anything not of that shape, which no session can match. Checked before the lookup so that
+/// garbage never reaches the directory; whether the secret is right is the caller's constant-time
+/// comparison.
+fn parse_resume_token(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    (id.starts_with("ses_") && !secret.is_empty()).then_some((id, secret))
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -840,3 +847,7 @@ mod tests {
         assert!(store.is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "memory_props.rs"]
+mod props;

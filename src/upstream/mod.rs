@@ -213,6 +213,7 @@ pub enum BuildError {
 }
 
 /// One attempt's failure, before the retry policy decides.
+#[derive(Debug)]
 enum Failure {
     Final(Error),
     /// Worth another try; `api` is what to surface if the budget runs out.
@@ -335,7 +336,8 @@ impl UnipileClient {
             let now = Instant::now();
             let deadline = *deadline.get_or_insert(now + self.retry.budget);
             let delay = retry_after.unwrap_or_else(|| backoff(self.retry.base, attempts));
-            if now + delay > deadline {
+            // Not `now + delay`: a `Retry-After` of u64::MAX seconds overflows an Instant.
+            if delay > deadline.saturating_duration_since(now) {
                 tracing::warn!(endpoint, attempts, %reason, "upstream retry budget exhausted");
                 return Err(match api {
                     Some(api) => Error::Api(api),
@@ -707,3 +709,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "decode_props.rs"]
+mod props;

@@ -16,6 +16,7 @@ mod link_page;
 mod link_page_resume;
 mod load_generator;
 mod process;
+mod properties;
 mod protocol_errors;
 mod protocol_schemas;
 mod qr_render;
