@@ -25,6 +25,11 @@ use crate::state::AppState;
 use crate::store::{Store, StoreConfig};
 use crate::upstream::{self, HttpVersion, RetryPolicy, Timeouts, UnipileClient};
 
+/// Largest request head (request line and headers) a client may send; a longer one is answered
+/// 431 and the connection closed. hyper's default (about 400 KB) let a 100 KB header through to
+/// the upgrade, and a client could make each connection buffer that much while it trickles.
+/// 32 KiB is nginx's default (4 × 8 KiB) and room for large cookies and a token.
+const MAX_REQUEST_HEAD: usize = 32 * 1024;
 /// How long a connection accepted during shutdown may take to send its request.
 const DRAIN_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -185,7 +190,8 @@ impl Gateway {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
-                    .header_read_timeout(handshake_timeout);
+                    .header_read_timeout(handshake_timeout)
+                    .max_buf_size(MAX_REQUEST_HEAD);
                 let conn = builder
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                     .with_upgrades();

@@ -10,6 +10,7 @@ mod common;
 mod autobahn;
 mod cancellation;
 mod dashboard_page;
+mod hostile;
 mod http_api;
 mod link_flow;
 mod link_page;
