@@ -267,7 +267,28 @@ impl Config {
         }
         let argv = std::iter::once(std::ffi::OsString::from("qrlink"))
             .chain(args.into_iter().map(Into::into));
-        Only::try_parse_from(argv).map(|o| o.config)
+        let config = Only::try_parse_from(argv)?.config;
+        config
+            .check()
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e))?;
+        Ok(config)
+    }
+
+    /// What no single flag's parser can see: settings that only make sense together.
+    pub fn check(&self) -> Result<(), String> {
+        // A healthy idle client answers each ping; with a timeout no longer than the interval
+        // it would be silent "too long" at every second ping, and every idle session would drop.
+        // (An interval past the longest attempt turns pings off, which tests use.)
+        if self.client_timeout <= self.ping_interval
+            && self.ping_interval < self.max_attempt_duration
+        {
+            return Err(format!(
+                "--client-timeout ({}) must be longer than --ping-interval ({})",
+                humantime::format_duration(self.client_timeout),
+                humantime::format_duration(self.ping_interval)
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the gateway runs against its embedded simulator (no API key configured).
@@ -418,6 +439,20 @@ mod tests {
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_client_timeout_not_longer_than_the_ping_interval_is_refused() {
+        let err = Config::from_args(["--ping-interval", "10s", "--client-timeout", "10s"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--client-timeout (10s) must be longer"),
+            "{err}"
+        );
+        assert!(Config::from_args(["--ping-interval", "1s", "--client-timeout", "2s"]).is_ok());
+        // Pings off: an interval no attempt lives to see.
+        assert!(Config::from_args(["--ping-interval", "1h", "--client-timeout", "1s"]).is_ok());
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn token(args: TokenArgs) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(config.log_format);
+    config.check().map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
