@@ -187,7 +187,7 @@ pub struct Config {
     #[arg(long, env = "QRLINK_MAX_SESSIONS", default_value_t = 10_000)]
     pub max_sessions: usize,
 
-    /// Concurrent sessions per client address.
+    /// Concurrent sessions per client address (an IPv6 /64 is one address).
     #[arg(long, env = "QRLINK_MAX_SESSIONS_PER_IP", default_value_t = 10)]
     pub max_sessions_per_ip: usize,
 

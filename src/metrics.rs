@@ -19,6 +19,7 @@
 //! | `qrlink_resume_expiries_total` | | detached sessions whose grace passed (outcome `disconnected`) |
 //! | `qrlink_resume_refused_total` | reason | resumes refused: `expired`, `wrong_provider`, `busy` |
 //! | `qrlink_watchers` | | connected `/ws/watch` sockets |
+//! | `qrlink_limits_tracked_addresses` | | client addresses (IPv4, IPv6 /64) the admission limits track, at most `store::limits::MAX_TRACKED` |
 //! | `qrlink_runtime_tasks_alive` | | tokio tasks alive in the runtime serving `/metrics`, read at render time |
 //! | `qrlink_process_open_fds` | | open file descriptors of the process (`/proc/self/fd`, Linux only), read at render time |
 //!

@@ -118,15 +118,17 @@ impl Memory {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Memory {
+        let limits = Limits::new(
+            config.max_sessions,
+            config.max_sessions_per_ip,
+            config.sessions_per_ip_per_minute,
+        );
+        limits.spawn_sweeper(&tracker, shutdown.clone());
         Memory {
             sessions: DashMap::new(),
             count: watch::Sender::new(0),
             events: broadcast::Sender::new(WATCH_BUFFER),
-            limits: Limits::new(
-                config.max_sessions,
-                config.max_sessions_per_ip,
-                config.sessions_per_ip_per_minute,
-            ),
+            limits,
             grace: config.resume_grace,
             tracker,
             shutdown,
@@ -628,8 +630,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_ended_attachment_removes_its_session() {
+    #[tokio::test]
+    async fn an_ended_attachment_removes_its_session() {
         let store = store(Duration::ZERO);
         let a = store.open(addr(), request("whatsapp"));
         assert_eq!(store.len(), 1);
@@ -639,8 +641,8 @@ mod tests {
         assert!(store.is_empty());
     }
 
-    #[test]
-    fn a_dropped_attachment_ends_its_session_as_disconnected() {
+    #[tokio::test]
+    async fn a_dropped_attachment_ends_its_session_as_disconnected() {
         let store = store(Duration::from_secs(60));
         let mut rx = store.subscribe();
         drop(store.open(addr(), request("telegram")));
@@ -655,8 +657,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn cancel_reaches_the_session_token() {
+    #[tokio::test]
+    async fn cancel_reaches_the_session_token() {
         let store = store(Duration::ZERO);
         let a = store.open(addr(), request("telegram"));
         assert!(!a.cancel.is_cancelled());
@@ -665,8 +667,8 @@ mod tests {
         assert!(!store.cancel("ses_nope"));
     }
 
-    #[test]
-    fn watchers_see_opened_then_closed_with_the_outcome() {
+    #[tokio::test]
+    async fn watchers_see_opened_then_closed_with_the_outcome() {
         let store = store(Duration::ZERO);
         let mut rx = store.subscribe();
         let a = store.open(addr(), request("whatsapp"));
@@ -683,8 +685,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn snapshot_reports_phase_and_rotation() {
+    #[tokio::test]
+    async fn snapshot_reports_phase_and_rotation() {
         let store = store(Duration::ZERO);
         let a = store.open(addr(), request("whatsapp"));
         let _ = a.record(qr(3));
@@ -692,8 +694,8 @@ mod tests {
         assert_eq!((info.phase, info.rotation), (Phase::Qr, 3));
     }
 
-    #[test]
-    fn without_a_grace_frames_carry_no_token_and_a_detach_ends_the_session() {
+    #[tokio::test]
+    async fn without_a_grace_frames_carry_no_token_and_a_detach_ends_the_session() {
         let store = store(Duration::ZERO);
         let a = store.open(addr(), request("whatsapp"));
         let env = a.record(qr(1));
@@ -839,8 +841,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn nothing_shown_yet_means_a_detach_ends_the_session() {
+    #[tokio::test]
+    async fn nothing_shown_yet_means_a_detach_ends_the_session() {
         let store = store(Duration::from_secs(60));
         let a = store.open(addr(), request("whatsapp"));
         a.detach(Cursor::default());

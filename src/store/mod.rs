@@ -205,8 +205,12 @@ enum Backend {
 }
 
 impl Store {
-    /// A store in this process's memory. Detached sessions' grace timers join `tracker` and
-    /// end at once when `shutdown` is cancelled.
+    /// A store in this process's memory. Detached sessions' grace timers and the admission
+    /// limits' sweeper join `tracker` and end at once when `shutdown` is cancelled.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the sweeper is a task).
     pub fn memory(config: StoreConfig, tracker: TaskTracker, shutdown: CancellationToken) -> Store {
         Store {
             backend: Backend::Memory(Arc::new(memory::Memory::new(config, tracker, shutdown))),
