@@ -3,8 +3,11 @@
 //! to fragment large messages.
 //!
 //! [`Upgrade`] does what axum's `WebSocketUpgrade` does for HTTP/1.1 (the gateway serves
-//! nothing else): the same checks, the same rejections, the same subprotocol choice, and a
-//! `101 Switching Protocols` answer; the socket is built by the task the answer spawns.
+//! nothing else): the same checks, the same subprotocol choice, and a `101 Switching Protocols`
+//! answer; the socket is built by the task the answer spawns. Two rejections follow RFC 6455
+//! §4.2.1–4.2.2 more closely than axum does: a version other than 13 gets `426 Upgrade Required`
+//! naming the version we speak, and a `Sec-WebSocket-Key` that is not 16 bytes in base64 is
+//! refused.
 
 use std::future::Future;
 
@@ -54,10 +57,13 @@ pub enum Rejection {
     InvalidConnectionHeader,
     /// `Upgrade` is not `websocket`.
     InvalidUpgradeHeader,
-    /// `Sec-WebSocket-Version` is not 13.
+    /// `Sec-WebSocket-Version` is not 13: answered `426 Upgrade Required` with
+    /// `Sec-WebSocket-Version: 13`, so the client can retry with a version we speak.
     InvalidWebSocketVersionHeader,
     /// No `Sec-WebSocket-Key`.
     WebSocketKeyHeaderMissing,
+    /// `Sec-WebSocket-Key` is not a base64-encoded 16-byte value.
+    InvalidWebSocketKeyHeader,
     /// hyper offers no upgrade for this connection (e.g. HTTP/1.0).
     ConnectionNotUpgradable,
 }
@@ -77,13 +83,21 @@ impl IntoResponse for Rejection {
                 StatusCode::BAD_REQUEST,
                 "`Upgrade` header did not include 'websocket'",
             ),
-            Rejection::InvalidWebSocketVersionHeader => (
-                StatusCode::BAD_REQUEST,
-                "`Sec-WebSocket-Version` header did not include '13'",
-            ),
+            Rejection::InvalidWebSocketVersionHeader => {
+                return (
+                    StatusCode::UPGRADE_REQUIRED,
+                    [(header::SEC_WEBSOCKET_VERSION, "13")],
+                    "`Sec-WebSocket-Version` header did not include '13'",
+                )
+                    .into_response();
+            }
             Rejection::WebSocketKeyHeaderMissing => (
                 StatusCode::BAD_REQUEST,
                 "`Sec-WebSocket-Key` header missing",
+            ),
+            Rejection::InvalidWebSocketKeyHeader => (
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` header is not 16 bytes in base64",
             ),
             Rejection::ConnectionNotUpgradable => (
                 StatusCode::UPGRADE_REQUIRED,
@@ -108,15 +122,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !has_token(headers, header::UPGRADE, "websocket") {
             return Err(Rejection::InvalidUpgradeHeader);
         }
-        let key = headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .ok_or(Rejection::WebSocketKeyHeaderMissing)?
-            .clone();
         let version_13 = headers
             .get(header::SEC_WEBSOCKET_VERSION)
             .is_some_and(|v| v.as_bytes() == b"13");
         if !version_13 {
             return Err(Rejection::InvalidWebSocketVersionHeader);
+        }
+        let key = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or(Rejection::WebSocketKeyHeaderMissing)?
+            .clone();
+        if !is_websocket_key(key.as_bytes()) {
+            return Err(Rejection::InvalidWebSocketKeyHeader);
         }
         let offered = entries(headers, header::SEC_WEBSOCKET_PROTOCOL)
             .filter_map(|p| HeaderValue::from_bytes(p).ok())
@@ -132,6 +149,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             on_upgrade,
         })
     }
+}
+
+/// Whether `key` is 16 bytes in base64 (RFC 6455 §4.2.1): 22 characters of the base64 alphabet
+/// and `==`, the 22nd carrying only the last byte's final 2 bits, so one of `A`, `Q`, `g`, `w`
+/// (RFC 4648 §3.5: the unused bits are zero).
+fn is_websocket_key(key: &[u8]) -> bool {
+    let [body @ .., last, b'=', b'='] = key else {
+        return false;
+    };
+    body.len() == 21
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && matches!(last, b'A' | b'Q' | b'g' | b'w')
 }
 
 /// The entries of a comma-separated header, every occurrence, trimmed.
@@ -199,5 +230,40 @@ impl Upgrade {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_websocket_key;
+
+    #[test]
+    fn a_key_of_16_bytes_in_base64_is_accepted() {
+        for key in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/////////////////////w==",
+            "x3JJHMbDL1EzLkh9GBhXDw==",
+        ] {
+            assert!(is_websocket_key(key.as_bytes()), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_length_or_alphabet_is_refused() {
+        for key in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            "dGhlIHNhbXBsZSBub25jZXg=",
+            "dGhlIHNhbXBsZSBub25jZXh4eA==",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j-Q==",
+            "dGhlIHNhbXBsZSBub25j Q==",
+            "dGhlIHNhbXBsZSBub25jZQ==\0",
+        ] {
+            assert!(!is_websocket_key(key.as_bytes()), "{key:?}");
+        }
     }
 }

@@ -1,8 +1,11 @@
 //! Bad input from a client gets an error frame and the right close code, never a panic or hang.
 
-use crate::common::{Next, TestGateway};
+use std::net::SocketAddr;
+
+use crate::common::{Next, TestGateway, WAIT};
 use qrlink::link::protocol::{MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -81,4 +84,88 @@ async fn cancel_stops_the_attempt_and_closes_1000() {
     gw.wait_for_poll(&intent, qrlink::simulator::PollOutcome::HungUp)
         .await;
     gw.wait_for_no_sessions().await;
+}
+
+/// Sends an upgrade request of `/ws/link/whatsapp` with these version and key header lines
+/// over a fresh TCP connection and returns the response head.
+async fn upgrade_head(addr: SocketAddr, version_and_key: &str) -> String {
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws/link/whatsapp HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\n{version_and_key}\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(WAIT, async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = raw.read(&mut chunk).await.expect("a response");
+            assert!(n > 0, "closed before the response head: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("a response head in time");
+    let text = String::from_utf8(buf).expect("an ASCII head");
+    text[..text.find("\r\n\r\n").expect("a head") + 2].to_owned()
+}
+
+/// The status code of a response head.
+fn status(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or("")
+}
+
+/// A response header's value, by case-insensitive name.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+const GOOD_KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+#[tokio::test]
+async fn a_wrong_websocket_version_gets_426_naming_version_13() {
+    let gw = TestGateway::start().await;
+    for version in [
+        "Sec-WebSocket-Version: 8\r\n",
+        "Sec-WebSocket-Version: 14\r\n",
+        "Sec-WebSocket-Version: 13, 8\r\n",
+        "",
+    ] {
+        let head = upgrade_head(gw.addr, &format!("{version}{GOOD_KEY}")).await;
+        assert_eq!(status(&head), "426", "for {version:?}: {head}");
+        assert_eq!(
+            header(&head, "sec-websocket-version"),
+            Some("13"),
+            "for {version:?}: {head}"
+        );
+    }
+    let head = upgrade_head(gw.addr, &format!("Sec-WebSocket-Version: 13\r\n{GOOD_KEY}")).await;
+    assert_eq!(status(&head), "101", "version 13 upgrades: {head}");
+}
+
+#[tokio::test]
+async fn a_websocket_key_that_is_not_16_bytes_of_base64_gets_400() {
+    let gw = TestGateway::start().await;
+    for key in [
+        "",
+        "x",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZXg=",
+        "dGhlIHNhbXBsZSBub25jZXh4eA==",
+        "dGhlIHNhbXBsZSBub25jZR==",
+        "dGhlIHNhbXBsZSBub25j*Q==",
+    ] {
+        let head = upgrade_head(
+            gw.addr,
+            &format!("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"),
+        )
+        .await;
+        assert_eq!(status(&head), "400", "for key {key:?}: {head}");
+    }
+    let head = upgrade_head(gw.addr, "Sec-WebSocket-Version: 13\r\n").await;
+    assert_eq!(status(&head), "400", "without a key: {head}");
+    assert!(gw.sim().intent_ids().is_empty(), "no upstream work started");
 }
