@@ -1,48 +1,13 @@
 //! Reading QR codes back: rasterize an SVG with resvg (or a text rendering into pixels) and
-//! decode it with rqrr, as a phone camera would.
+//! decode it with rqrr, as a phone camera would. The work is done by `test-support/qr-scan`,
+//! which the debug profile optimizes.
 
 /// Pixels per module: well above what rqrr needs, like a QR shown at 8 CSS px per module.
 pub const SCALE: u32 = 8;
 
-/// Decodes the one QR code in a greyscale image.
-pub fn decode(width: usize, height: usize, grey: impl FnMut(usize, usize) -> u8) -> String {
-    let mut image = rqrr::PreparedImage::prepare_from_greyscale(width, height, grey);
-    let grids = image.detect_grids();
-    assert_eq!(
-        grids.len(),
-        1,
-        "expected one QR code in the image, found {}",
-        grids.len()
-    );
-    let (_, content) = grids[0].decode().expect("the QR code decodes");
-    content
-}
-
 /// Rasterizes an SVG at `SCALE` pixels per `viewBox` unit and decodes it.
 pub fn scan_svg(svg: &str) -> String {
-    let view_box = svg
-        .split("viewBox=\"0 0 ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .expect("a viewBox");
-    let units: u32 = view_box.parse().expect("a square viewBox");
-    let tree =
-        resvg::usvg::Tree::from_str(svg, &resvg::usvg::Options::default()).expect("the SVG parses");
-    let size = units * SCALE;
-    let mut pixmap = resvg::tiny_skia::Pixmap::new(size, size).expect("a pixmap");
-    resvg::render(
-        &tree,
-        resvg::tiny_skia::Transform::from_scale(SCALE as f32, SCALE as f32),
-        &mut pixmap.as_mut(),
-    );
-    let size = size as usize;
-    let pixels = pixmap.data();
-    decode(size, size, |x, y| {
-        let rgba = &pixels[(y * size + x) * 4..][..4];
-        // Opaque thanks to the white background rect; luma of black or white.
-        ((u32::from(rgba[0]) * 299 + u32::from(rgba[1]) * 587 + u32::from(rgba[2]) * 114) / 1000)
-            as u8
-    })
+    qrlink_qr_scan::scan_svg(svg, SCALE).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Reads half blocks back into modules as a dark terminal shows them (a block is light text,
@@ -66,7 +31,15 @@ pub fn scan_text(text: &str) -> String {
     let width = rows[0].len();
     assert!(rows.iter().all(|row| row.len() == width), "ragged lines");
     let scale = SCALE as usize;
-    decode(width * scale, rows.len() * scale, |x, y| {
-        if rows[y / scale][x / scale] { 255 } else { 0 }
-    })
+    let (w, h) = (width * scale, rows.len() * scale);
+    let pixels: Vec<u8> = (0..w * h)
+        .map(|i| {
+            if rows[i / w / scale][i % w / scale] {
+                255
+            } else {
+                0
+            }
+        })
+        .collect();
+    qrlink_qr_scan::decode_grey(w, h, &pixels).unwrap_or_else(|e| panic!("{e}"))
 }
