@@ -8,9 +8,14 @@
 #
 # Scenarios: rate, hold1k, hold9k, express1k, express9k; for comparing settings: hold3k (memory),
 # cpu (800 sessions/s for 10 s, no hold); churn (CHURN_N sessions, 100000, opened and closed at
-# CHURN_RATE, 500/s, after a CHURN_WARMUP, 5000, session warm-up: leaked sessions, tasks, fds, RSS). Environment: RUNS (3), RATE (3000, the rate scenario),
+# CHURN_RATE, 500/s, after a CHURN_WARMUP, 5000, session warm-up: leaked sessions, tasks, fds, RSS).
+# Resume (protocol v1.1; the gateway runs its default grace, 120 s): resume9k (resume → replay
+# latency with 9,000 held sessions around), detach9k (memory per detached session: 9,000 held,
+# then hung up), resume (RESUME_N sessions, 2000, of RESUME_CYCLES detach/resume cycles, 20, then
+# cancel: leaked sessions, tasks, fds, RSS). Environment: RUNS (3), RATE (3000, the rate scenario),
 # HOLD_RATE (500, the hold and express scenarios),
-# BIN (target/release), OUT (a new folder under /tmp/qrlink-bench), GW_ENV (extra environment
+# BIN (target/release), GW_BIN (the gateway's qrlink only, default BIN: another build to compare,
+# with this tree's simulator and load generator), OUT (a new folder under /tmp/qrlink-bench), GW_ENV (extra environment
 # for the gateway, e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"), GW_ARGS
 # (extra gateway flags), UPSTREAM_HTTP (the gateway's --upstream-http, 2: streams on a few
 # HTTP/2 connections to the simulator; 1.1 for a connection per pending poll), LOAD_ARGS
@@ -57,7 +62,7 @@ start_sim() {
 
 start_gateway() {
   # Admission limits opened up: all the load comes from 19 loopback addresses.
-  env RUST_LOG=warn ${GW_ENV:-} "$BIN/qrlink" --listen 127.0.0.1:3000 \
+  env RUST_LOG=warn ${GW_ENV:-} "${GW_BIN:-$BIN}/qrlink" --listen 127.0.0.1:3000 \
     --unipile-api-url "$SIM_URL" --unipile-api-key k \
     --max-sessions 100000 --max-sessions-per-ip 100000 \
     --sessions-per-ip-per-minute 100000000 --upstream-http "${UPSTREAM_HTTP:-2}" ${GW_ARGS:-} \
@@ -99,7 +104,9 @@ scenario() {
           --duration-limit 60s ;;
       churn)
         # ~200 s of churn; the drain waits (an event, bounded) until the gateway's sessions are
-        # 0 and its tasks and fds are back to the baseline taken after the warm-up.
+        # 0 and its tasks and fds are back to the baseline taken after the warm-up. The gateway
+        # runs its default resume grace (120 s): the 90% that close or drop stay detached that
+        # long, so the drain (and the wait after the warm-up) take about 2 minutes more.
         start_gateway
         load "$name" "$i" --url ws://127.0.0.1:3000 --churn --churn-mix 80,10,10 \
           --sessions "${CHURN_N:-100000}" --rate "${CHURN_RATE:-500}" --warmup "${CHURN_WARMUP:-5000}" \
@@ -118,6 +125,29 @@ scenario() {
           --hold-ms $hold --scan-after-ms $scan --scan-sample 100 --hangup-sample 100 \
           --hangup-after-ms $hang --sim-url $SIM_URL --source-ips $SRC --gateway-pid "$GW" \
           --sim-pid "$SIM" --duration-limit 120s ;;
+      resume9k)
+        # 9,000 sessions held (45 s) and, among them, 100 that each do 20 detach/resume cycles
+        # (200 ms between hang-up and resume, close and drop alternating) from 20 s after
+        # their first QR, when all 9,000 are open.
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 9100 --rate "${HOLD_RATE:-500}" --warmup 200 \
+          --concurrency 20000 --hold-ms 45000 --resume-sample 100 --resume-cycles 20 \
+          --resume-after-ms 20000 --resume-pause-ms 200 --source-ips $SRC --gateway-pid "$GW" \
+          --sim-pid "$SIM" --duration-limit 120s ;;
+      detach9k)
+        # 9,000 sessions held 25 s (the plateau: attached), then hung up (1001): the reading
+        # 5 s after the last has them all detached (the grace is 120 s). DETACH_HOLD_MS=0 hangs
+        # each up right after its first QR: no high-water of 9,000 attached sessions under the
+        # detached ones.
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 9000 --rate "${HOLD_RATE:-500}" --warmup 200 \
+          --concurrency 20000 --hold-ms "${DETACH_HOLD_MS:-25000}" --settle 5s --source-ips $SRC --gateway-pid "$GW" \
+          --sim-pid "$SIM" --duration-limit 120s ;;
+      resume)
+        start_gateway
+        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions "${RESUME_N:-2000}" --rate 200 --warmup 200 \
+          --concurrency 100 --resume-cycles "${RESUME_CYCLES:-20}" --source-ips $SRC \
+          --gateway-pid "$GW" --sim-pid "$SIM" --duration-limit 300s --drain-timeout 60s ;;
       express1k | express9k)
         local n=1000 hold=15000 scan=8000 hang=6000
         [ "$name" = express9k ] && n=9000 hold=40000 scan=20000 hang=19000
@@ -163,5 +193,18 @@ for s in "${scenarios[@]}"; do
          rss_ratio: (map(.churn.rss_ratio) | median),
          peak_rss_kib: (map(.churn.peak_rss_kib) | median),
          verdicts_failed: (map(.churn.verdicts[] | select(.pass | not) | .criterion) | unique)}
+      else {} end)
+    + (if .[0].resume then
+        {resume_cycles_done: (map(.resume.cycles_done) | add),
+         resume_to_replay_p50_ms: (map(.resume.resume_to_replay_ms.p50) | median),
+         resume_to_replay_p99_ms: (map(.resume.resume_to_replay_ms.p99) | median),
+         upgrade_to_replay_p99_ms: (map(.resume.upgrade_to_replay_ms.p99) | median),
+         resume_failures: (map(.resume.failures | to_entries[]) | group_by(.key)
+           | map({key: .[0].key, value: (map(.value) | add)}) | from_entries),
+         resume_verdicts_failed: (map(.resume.leak.verdicts[]? | select(.pass | not) | .criterion) | unique)}
+      else {} end)
+    + (if .[0].detached then
+        {detached: (map(.detached.after - .detached.before) | median),
+         rss_per_detached_session_kib: (map(.detached.rss_per_detached_session_kib) | median)}
       else {} end)' "$OUT/$s"-*.json
 done | tee "$OUT/medians.json"

@@ -1,5 +1,9 @@
 //! The load generator of issue #6 (`qrlink-load`) runs against a real gateway and simulator and
 //! writes a report whose figures make sense.
+//!
+//! The gateways here run with resume on (protocol v1.1, as users run them; `TestGateway` turns
+//! it off by default), with a grace of a few seconds instead of the default 120 s so that the
+//! sessions that hung up and were kept detached expire within the tests' bounds.
 
 use crate::common;
 
@@ -14,12 +18,17 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Runs `qrlink-load` with `args` and returns its JSON report (written to stdout).
 async fn load(args: &[String]) -> Value {
+    load_within(args, WAIT * 4).await
+}
+
+/// [`load`] with its own bound.
+async fn load_within(args: &[String], bound: Duration) -> Value {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_qrlink-load"))
         .args(args)
         .args(["--json", "-"])
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(WAIT * 4, run)
+    let out = tokio::time::timeout(bound, run)
         .await
         .expect("qrlink-load should stop by itself")
         .expect("qrlink-load runs");
@@ -33,7 +42,8 @@ async fn load(args: &[String]) -> Value {
 async fn fifty_sessions_are_opened_scanned_and_hung_up_with_a_sane_report() {
     let _one = ONE_AT_A_TIME.lock().await;
     // QRs live long enough that nothing rotates or times out during the run; the admission
-    // limits are raised because every session comes from one loopback address.
+    // limits are raised because every session comes from one loopback address. Resume on: the
+    // sessions that hang up stay detached for the 3 s grace.
     let gw = TestGateway::with(
         common::sim_config(Duration::from_secs(30), 2),
         &[
@@ -41,6 +51,8 @@ async fn fifty_sessions_are_opened_scanned_and_hung_up_with_a_sane_report() {
             "1000",
             "--sessions-per-ip-per-minute",
             "100000",
+            "--resume-grace",
+            "3s",
         ],
     )
     .await;
@@ -137,13 +149,25 @@ async fn fifty_sessions_are_opened_scanned_and_hung_up_with_a_sane_report() {
         gateway["plateau"].is_object(),
         "a plateau reading: {gateway:#}"
     );
+    // The 45 sessions that hung up (40 held, 5 mid-poll) are detached when the report is made
+    // (300 ms after the last one, well within the grace); the scanned ones have ended.
+    let detached = &report["detached"];
+    let kept = detached["after"].as_i64().unwrap_or(0) - detached["before"].as_i64().unwrap_or(0);
+    assert_eq!(kept, 45, "detached: {detached:#}");
+    // Then the grace ends them.
     gw.wait_for_no_sessions().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_leaves_no_session_task_or_fd_behind() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let gw = TestGateway::with(common::sim_config(Duration::from_secs(30), 2), &[]).await;
+    // Resume on, with a 1 s grace: the sessions that close or drop stay detached for it, and
+    // the drain (bounded by --drain-timeout, longer than the grace) waits until it ends them.
+    let gw = TestGateway::with(
+        common::sim_config(Duration::from_secs(30), 2),
+        &["--resume-grace", "1s"],
+    )
+    .await;
     let args: Vec<String> = [
         "--url",
         &format!("ws://{}", gw.addr),
@@ -163,7 +187,7 @@ async fn churn_leaves_no_session_task_or_fd_behind() {
         "--settle",
         "100ms",
         "--drain-timeout",
-        "3s",
+        "8s",
         "--duration-limit",
         "30s",
     ]
@@ -202,6 +226,13 @@ async fn churn_leaves_no_session_task_or_fd_behind() {
     };
     assert_eq!(verdict("leaked sessions")["pass"], true);
     assert_eq!(verdict("sessions")["pass"], true);
+    let detached_at_end = churn["drain"]["at_end"]["metrics"]["sessions_detached"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(
+        detached_at_end > 0,
+        "sessions that closed or dropped are detached at the end: {churn:#}"
+    );
     for state in [&churn["before"], &churn["drain"]["after"]] {
         let tasks = state["metrics"]["tasks_alive"].as_u64().expect("tasks");
         let fds = state["fds"].as_u64().expect("fds from /proc");
@@ -226,6 +257,100 @@ async fn churn_leaves_no_session_task_or_fd_behind() {
         );
     }
     assert!(churn["rss_ratio"].as_f64().is_some_and(|r| r > 0.0));
+    gw.wait_for_no_sessions().await;
+}
+
+/// Sessions and cycles of the resume test: 7,000 detach/resume cycles, 20 sessions at a time.
+/// Not 10,000: the debug build (gateway and simulator in this process, `qrlink-load` beside it)
+/// does about 150 cycles/s on the 2 shared cores, so 7,000 plus the warm-up's 700 take about
+/// 50 s (benches/README.md, "Resume").
+const RESUME_SESSIONS: u64 = 20;
+/// See [`RESUME_SESSIONS`].
+const RESUME_CYCLES: u64 = 350;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_thousand_detach_resume_cycles_leave_no_session_task_or_fd_behind() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The default grace (120 s): the sessions must end by `cancel`, not by waiting it out.
+    // QRs outlive the run, so every replay is the first QR again.
+    let gw = TestGateway::with(
+        common::sim_config(Duration::from_secs(120), 2),
+        &["--resume-grace", "120s"],
+    )
+    .await;
+    let args: Vec<String> = [
+        "--url",
+        &format!("ws://{}", gw.addr),
+        "--resume-cycles",
+        &RESUME_CYCLES.to_string(),
+        "--resume-hangup",
+        "mix",
+        "--resume-finish",
+        "cancel",
+        "--sessions",
+        &RESUME_SESSIONS.to_string(),
+        "--warmup",
+        "2",
+        "--rate",
+        "500/s",
+        "--concurrency",
+        &RESUME_SESSIONS.to_string(),
+        "--gateway-pid",
+        &std::process::id().to_string(),
+        "--settle",
+        "100ms",
+        "--drain-timeout",
+        "5s",
+        "--duration-limit",
+        "100s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let report = load_within(&args, Duration::from_secs(150)).await;
+
+    let resume = &report["resume"];
+    let cycles = RESUME_SESSIONS * RESUME_CYCLES;
+    assert_eq!(resume["cycles_done"], cycles, "resume: {resume:#}");
+    assert_eq!(resume["failures"], serde_json::json!({}), "{resume:#}");
+    assert_eq!(report["outcomes"]["cancelled"], RESUME_SESSIONS);
+    assert_eq!(
+        (&resume["hangups_close"], &resume["hangups_drop"]),
+        (&(cycles / 2).into(), &(cycles / 2).into()),
+        "mix alternates: {resume:#}"
+    );
+    let latency = &resume["resume_to_replay_ms"];
+    assert_eq!(latency["n"], cycles, "{latency:#}");
+    // The gateway counted every resume; some of the dropped connections were taken over.
+    let counted = resume["gateway_after"]["resumes"].as_u64().unwrap_or(0)
+        - resume["gateway_before"]["resumes"].as_u64().unwrap_or(0);
+    assert_eq!(counted, cycles, "{resume:#}");
+
+    let leak = &resume["leak"];
+    let verdict = |name: &str| {
+        leak["verdicts"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["criterion"] == name))
+            .unwrap_or_else(|| panic!("a {name} verdict: {leak:#}"))
+            .clone()
+    };
+    for name in ["cycles", "leaked sessions", "RSS back within 10%"] {
+        assert_eq!(verdict(name)["pass"], true, "{name}: {leak:#}");
+    }
+    assert_eq!(leak["leaked_sessions"], 0, "{leak:#}");
+    // As in the churn test: what may stay is idle upstream keep-alive connections, at most one
+    // per session open at once, a task and an fd at both ends (gateway and simulator share this
+    // process). A leak per cycle would show as thousands.
+    let peak = report["sessions"]["peak_open"].as_i64().unwrap_or(0);
+    for key in ["leaked_tasks", "leaked_fds"] {
+        let leaked = leak[key]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{key}: {leak:#}"));
+        assert!(
+            leaked <= 2 * peak + 10 && leaked < 150,
+            "{key} {leaked} with {peak} sessions open at most: {leak:#}"
+        );
+    }
     gw.wait_for_no_sessions().await;
 }
 

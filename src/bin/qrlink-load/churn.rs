@@ -84,6 +84,19 @@ pub struct Scraped {
     pub tasks_alive: Option<u64>,
     /// `qrlink_process_open_fds` (the gateway's own count: includes the scrape's socket).
     pub open_fds: Option<u64>,
+    /// `qrlink_sessions_detached` (v1.1): counted in `sessions_active` too, until their grace
+    /// ends them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_detached: Option<i64>,
+    /// `qrlink_resumes_total` (v1.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes_total: Option<u64>,
+    /// `qrlink_takeovers_total` (v1.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub takeovers_total: Option<u64>,
+    /// `qrlink_resume_expiries_total` (v1.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_expiries_total: Option<u64>,
 }
 
 /// Reads the figures out of Prometheus text.
@@ -103,6 +116,12 @@ pub fn parse_metrics(text: &str) -> Scraped {
             "qrlink_sessions_active" => sessions += value,
             "qrlink_runtime_tasks_alive" => out.tasks_alive = Some(value.max(0.0) as u64),
             "qrlink_process_open_fds" => out.open_fds = Some(value.max(0.0) as u64),
+            "qrlink_sessions_detached" => out.sessions_detached = Some(value.round() as i64),
+            "qrlink_resumes_total" => out.resumes_total = Some(value.max(0.0) as u64),
+            "qrlink_takeovers_total" => out.takeovers_total = Some(value.max(0.0) as u64),
+            "qrlink_resume_expiries_total" => {
+                out.resume_expiries_total = Some(value.max(0.0) as u64);
+            }
             _ => {}
         }
     }
@@ -220,13 +239,18 @@ impl Gauges {
     }
 
     /// After the churn: waits (`limit` at most) until the gateway has no active session, then
-    /// until its alive tasks and open fds are back to `before` or lower.
+    /// until its alive tasks and open fds are back to `before` or lower. With resume on (the
+    /// default, 120 s), sessions that hung up stay detached, and counted active, until their
+    /// grace ends them: `limit` must be longer than the gateway's grace.
     pub async fn drain(&self, before: &GatewayState, limit: Duration) -> Drain {
         let start = Instant::now();
         let deadline = start + limit;
         let mut drain = Drain::default();
         loop {
             let state = self.read().await;
+            if drain.at_end.is_none() {
+                drain.at_end = Some(state);
+            }
             let t = start.elapsed().as_secs_f64();
             if drain.sessions_zero_after_s.is_none() && state.sessions_active() == Some(0) {
                 drain.sessions_zero_after_s = Some(t);
@@ -256,6 +280,8 @@ impl Gauges {
 /// What waiting for the gateway to settle after the churn saw.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Drain {
+    /// The first reading, right after the last session's end (detached sessions show here).
+    pub at_end: Option<GatewayState>,
     /// Seconds from the last session's end until the gateway's active sessions read 0.
     pub sessions_zero_after_s: Option<f64>,
     /// The reading at that moment.
@@ -278,6 +304,19 @@ pub struct Verdict {
     pub detail: String,
 }
 
+/// What the gateway kept: the figures behind the leak verdicts.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Leaks {
+    /// after RSS / before RSS.
+    pub rss_ratio: Option<f64>,
+    /// The gateway's active sessions after (should be 0).
+    pub leaked_sessions: Option<i64>,
+    /// Alive tasks after − before.
+    pub leaked_tasks: Option<i64>,
+    /// Open fds after − before (`/proc/PID/fd`).
+    pub leaked_fds: Option<i64>,
+}
+
 /// The churn part of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChurnReport {
@@ -291,14 +330,9 @@ pub struct ChurnReport {
     pub drain: Drain,
     /// Largest gateway RSS the sampler saw during the churn, KiB.
     pub peak_rss_kib: u64,
-    /// after RSS / before RSS.
-    pub rss_ratio: Option<f64>,
-    /// The gateway's active sessions after (should be 0).
-    pub leaked_sessions: Option<i64>,
-    /// Alive tasks after − before.
-    pub leaked_tasks: Option<i64>,
-    /// Open fds after − before (`/proc/PID/fd`).
-    pub leaked_fds: Option<i64>,
+    /// Leaked sessions, tasks, fds and the RSS ratio.
+    #[serde(flatten)]
+    pub leaks: Leaks,
     /// One line per criterion.
     pub verdicts: Vec<Verdict>,
 }
@@ -329,6 +363,115 @@ fn show<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "?".to_owned(), |v| v.to_string())
 }
 
+/// The leak figures and verdicts (sessions, tasks, fds, RSS within 10%) from the baseline and
+/// the drain; shared by `--churn` and `--resume-cycles`.
+pub fn leak_verdicts(
+    before: &GatewayState,
+    drain: &Drain,
+    peak_rss_kib: u64,
+) -> (Leaks, Vec<Verdict>) {
+    let after = drain.after;
+    let rss_ratio = match (before.rss_kib, after.rss_kib) {
+        (Some(b), Some(a)) if b > 0 => Some(a as f64 / b as f64),
+        _ => None,
+    };
+    let leaked_sessions = after.sessions_active();
+    let leaked_tasks = diff(after.tasks(), before.tasks());
+    let leaked_fds = diff(after.fds, before.fds);
+    let mib = |k: Option<u64>| k.map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let verdicts = vec![
+        Verdict {
+            criterion: "leaked sessions",
+            pass: leaked_sessions == Some(0),
+            detail: format!(
+                "qrlink_sessions_active after: {}{}",
+                show(leaked_sessions),
+                drain
+                    .sessions_zero_after_s
+                    .map_or(String::new(), |t| format!(
+                        " (0 within {t:.1} s of the end)"
+                    ))
+            ),
+        },
+        Verdict {
+            criterion: "leaked tasks",
+            pass: leaked_tasks.is_some_and(|d| d <= 0),
+            detail: format!(
+                "qrlink_runtime_tasks_alive {} before, {} after: {}",
+                show(before.tasks()),
+                show(after.tasks()),
+                show(leaked_tasks)
+            ),
+        },
+        Verdict {
+            criterion: "leaked fds",
+            pass: leaked_fds.is_some_and(|d| d <= 0),
+            detail: format!(
+                "/proc/PID/fd {} before, {} after: {}",
+                show(before.fds),
+                show(after.fds),
+                show(leaked_fds)
+            ),
+        },
+        Verdict {
+            criterion: "RSS back within 10%",
+            pass: rss_ratio.is_some_and(|r| r <= RSS_TOLERANCE),
+            detail: format!(
+                "{} MiB before, peak {:.1}, {} after: {}",
+                mib(before.rss_kib),
+                peak_rss_kib as f64 / 1024.0,
+                mib(after.rss_kib),
+                rss_ratio.map_or("?".to_owned(), |r| format!("{r:.2}×"))
+            ),
+        },
+    ];
+    let leaks = Leaks {
+        rss_ratio,
+        leaked_sessions,
+        leaked_tasks,
+        leaked_fds,
+    };
+    (leaks, verdicts)
+}
+
+/// Table lines for a gateway reading before, at the end, at sessions 0 and after.
+pub fn state_lines(out: &mut String, before: &GatewayState, drain: &Drain) {
+    let line = |s: &GatewayState| {
+        format!(
+            "RSS {} MiB, fds {} (its own count {}), tasks {}, threads {}, sessions active {} (detached {})",
+            s.rss_kib
+                .map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            show(s.fds),
+            show(s.metrics.and_then(|m| m.open_fds)),
+            show(s.tasks()),
+            show(s.threads),
+            show(s.sessions_active()),
+            show(s.metrics.and_then(|m| m.sessions_detached)),
+        )
+    };
+    let _ = writeln!(out, "  gateway before: {}", line(before));
+    if let Some(e) = &drain.at_end {
+        let _ = writeln!(out, "  at the end:     {}", line(e));
+    }
+    if let Some(z) = &drain.at_sessions_zero {
+        let _ = writeln!(out, "  at sessions 0:  {}", line(z));
+    }
+    let _ = writeln!(out, "  gateway after:  {}", line(&drain.after));
+}
+
+/// One table line per verdict.
+pub fn verdict_lines(out: &mut String, verdicts: &[Verdict]) {
+    for v in verdicts {
+        let _ = writeln!(
+            out,
+            "verdict {:<20} {}  {}",
+            v.criterion,
+            if v.pass { "PASS" } else { "FAIL" },
+            v.detail
+        );
+    }
+}
+
 impl ChurnReport {
     /// Puts the figures and verdicts together.
     pub fn new(
@@ -339,17 +482,8 @@ impl ChurnReport {
         peak_rss_kib: u64,
         run: &RunFigures,
     ) -> ChurnReport {
-        let after = drain.after;
-        let rss_ratio = match (before.rss_kib, after.rss_kib) {
-            (Some(b), Some(a)) if b > 0 => Some(a as f64 / b as f64),
-            _ => None,
-        };
-        let leaked_sessions = after.sessions_active();
-        let leaked_tasks = diff(after.tasks(), before.tasks());
-        let leaked_fds = diff(after.fds, before.fds);
-        let mib =
-            |k: Option<u64>| k.map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
-        let verdicts = vec![
+        let (leaks, mut leak_verdicts) = leak_verdicts(&before, &drain, peak_rss_kib);
+        let mut verdicts = vec![
             Verdict {
                 criterion: "sessions",
                 pass: run.failed == 0 && run.aborted == 0 && run.ok == run.started,
@@ -366,79 +500,21 @@ impl ChurnReport {
                     run.achieved, run.offered, run.worst_second
                 ),
             },
-            Verdict {
-                criterion: "leaked sessions",
-                pass: leaked_sessions == Some(0),
-                detail: format!(
-                    "qrlink_sessions_active after: {}{}",
-                    show(leaked_sessions),
-                    drain
-                        .sessions_zero_after_s
-                        .map_or(String::new(), |t| format!(
-                            " (0 within {t:.1} s of the end)"
-                        ))
-                ),
-            },
-            Verdict {
-                criterion: "leaked tasks",
-                pass: leaked_tasks.is_some_and(|d| d <= 0),
-                detail: format!(
-                    "qrlink_runtime_tasks_alive {} before, {} after: {}",
-                    show(before.tasks()),
-                    show(after.tasks()),
-                    show(leaked_tasks)
-                ),
-            },
-            Verdict {
-                criterion: "leaked fds",
-                pass: leaked_fds.is_some_and(|d| d <= 0),
-                detail: format!(
-                    "/proc/PID/fd {} before, {} after: {}",
-                    show(before.fds),
-                    show(after.fds),
-                    show(leaked_fds)
-                ),
-            },
-            Verdict {
-                criterion: "RSS back within 10%",
-                pass: rss_ratio.is_some_and(|r| r <= RSS_TOLERANCE),
-                detail: format!(
-                    "{} MiB before, peak {:.1}, {} after: {}",
-                    mib(before.rss_kib),
-                    peak_rss_kib as f64 / 1024.0,
-                    mib(after.rss_kib),
-                    rss_ratio.map_or("?".to_owned(), |r| format!("{r:.2}×"))
-                ),
-            },
         ];
+        verdicts.append(&mut leak_verdicts);
         ChurnReport {
             mix: [mix.close, mix.drop, mix.cancel],
             metrics_url,
             before,
             drain,
             peak_rss_kib,
-            rss_ratio,
-            leaked_sessions,
-            leaked_tasks,
-            leaked_fds,
+            leaks,
             verdicts,
         }
     }
 
     /// Lines for the table.
     pub fn table(&self, out: &mut String) {
-        let line = |s: &GatewayState| {
-            format!(
-                "RSS {} MiB, fds {} (its own count {}), tasks {}, threads {}, sessions active {}",
-                s.rss_kib
-                    .map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
-                show(s.fds),
-                show(s.metrics.and_then(|m| m.open_fds)),
-                show(s.tasks()),
-                show(s.threads),
-                show(s.sessions_active()),
-            )
-        };
         let [c, d, x] = self.mix;
         let _ = writeln!(
             out,
@@ -452,20 +528,8 @@ impl ChurnReport {
                     "{t:.1}"
                 )),
         );
-        let _ = writeln!(out, "  gateway before: {}", line(&self.before));
-        if let Some(z) = &self.drain.at_sessions_zero {
-            let _ = writeln!(out, "  at sessions 0:  {}", line(z));
-        }
-        let _ = writeln!(out, "  gateway after:  {}", line(&self.drain.after));
-        for v in &self.verdicts {
-            let _ = writeln!(
-                out,
-                "verdict {:<20} {}  {}",
-                v.criterion,
-                if v.pass { "PASS" } else { "FAIL" },
-                v.detail
-            );
-        }
+        state_lines(out, &self.before, &self.drain);
+        verdict_lines(out, &self.verdicts);
     }
 }
 
@@ -500,7 +564,8 @@ mod tests {
             Scraped {
                 sessions_active: 3,
                 tasks_alive: Some(17),
-                open_fds: Some(23)
+                open_fds: Some(23),
+                ..Scraped::default()
             }
         );
         assert_eq!(parse_metrics("").tasks_alive, None);
@@ -516,6 +581,7 @@ mod tests {
                 sessions_active: sessions,
                 tasks_alive: Some(tasks),
                 open_fds: Some(fds + 1),
+                ..Scraped::default()
             }),
         };
         let run = RunFigures {
@@ -544,7 +610,10 @@ mod tests {
             pass("sessions") && pass("rate") && pass("leaked sessions") && pass("leaked tasks")
         );
         assert!(!pass("leaked fds") && !pass("RSS back within 10%"));
-        assert_eq!((r.leaked_fds, r.leaked_tasks), (Some(2), Some(0)));
+        assert_eq!(
+            (r.leaks.leaked_fds, r.leaks.leaked_tasks),
+            (Some(2), Some(0))
+        );
         let mut table = String::new();
         r.table(&mut table);
         assert!(

@@ -80,7 +80,7 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                 Role::Scan => ctx.scan_after,
                 Role::HangUp => ctx.hangup_after,
                 // Churn is refused in express mode; were it not, it would leave at once.
-                Role::Churn(_) => Duration::ZERO,
+                Role::Churn(_) | Role::Resume => Duration::ZERO,
             },
     );
     let mut scan: Option<JoinHandle<Result<(), String>>> = None;
@@ -114,7 +114,7 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                 () = sleep_until(timer.unwrap_or(qr_at).into()), if timer.is_some() => {
                     timer = None;
                     match role {
-                        Role::Hold | Role::Churn(_) => return r.ended(End::HungUp),
+                        Role::Hold | Role::Churn(_) | Role::Resume => return r.ended(End::HungUp),
                         Role::HangUp => {
                             if let Some(sim) = &ctx.sim {
                                 // Keep driving the request while waiting: the peer only

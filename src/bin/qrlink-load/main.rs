@@ -11,6 +11,8 @@
 //! - `main.rs`: flags, the pacer, the sampler, putting the report together.
 //! - `churn.rs`: `--churn`: how sessions leave, the gateway's readings before and after, the
 //!   leak verdicts.
+//! - `resume.rs`: `--resume-cycles`: sessions that hang up and resume (protocol v1.1), the
+//!   resume → replay latency, the checks on the replayed frame.
 //! - `session.rs`: roles, per-session results, the shared context and live counters.
 //! - `ws_mode.rs` / `express_mode.rs`: one simulated browser of each kind.
 //! - `control.rs`: the simulator's control API (scan, poll records).
@@ -24,6 +26,7 @@ mod control;
 mod express_mode;
 mod procfs;
 mod report;
+mod resume;
 mod session;
 mod target;
 mod ws_mode;
@@ -152,6 +155,38 @@ struct Args {
     /// sessions to reach 0 and (after) its tasks and fds to come back to the baseline.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Resume (ws mode, protocol v1.1): each resume session hangs up and resumes its session
+    /// with `?resume=` this many times after its first QR, then ends it (`--resume-finish`).
+    /// Without `--resume-sample` every session does, and the gateway is checked for leaks as
+    /// in `--churn` (its readings before and after, `--drain-timeout`).
+    #[arg(long, default_value_t = 0)]
+    resume_cycles: u32,
+    /// Resume: only this many sessions (spread over the run) resume; the others hold as usual,
+    /// so the resumes run with that many sessions open around them. No leak check then.
+    #[arg(long)]
+    resume_sample: Option<u64>,
+    /// Resume: how each cycle loses its socket: `close` (1001, as a reload), `drop` (TCP close,
+    /// as a lost network), `mix` (alternating).
+    #[arg(long, value_enum, default_value = "mix")]
+    resume_hangup: resume::HangUp,
+    /// Resume: after the last cycle, `cancel` the session or `leave` it detached for the
+    /// gateway's grace to end (the leak check then needs `--drain-timeout` > the grace).
+    #[arg(long, value_enum, default_value = "cancel")]
+    resume_finish: resume::Finish,
+    /// Resume: first QR → first hang-up (ms).
+    #[arg(long, default_value_t = 0)]
+    resume_after_ms: u64,
+    /// Resume: hang-up → resume request (ms); 0 resumes at once, as a reload does.
+    #[arg(long, default_value_t = 0)]
+    resume_pause_ms: u64,
+}
+
+impl Args {
+    /// Whether the run checks the gateway for leaks: churn, and resume runs where every session
+    /// resumes (with held sessions around, the gateway cannot come back to its baseline).
+    fn leak_check(&self) -> bool {
+        self.churn || (self.resume_cycles > 0 && self.resume_sample.is_none())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -252,6 +287,11 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
     if args.churn && args.mode != Mode::Ws {
         return Err("--churn drives WebSocket sessions: ws mode only".to_owned());
     }
+    if args.resume_cycles > 0 && (args.mode != Mode::Ws || args.churn) {
+        return Err(
+            "--resume-cycles drives WebSocket sessions: ws mode, without --churn".to_owned(),
+        );
+    }
     if sim.is_none() && (args.scan_after_ms.is_some() || args.hangup_sample > 0) {
         return Err("scans and hang-up measurements need --sim-url".to_owned());
     }
@@ -284,15 +324,25 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
         scan_after: Duration::from_millis(args.scan_after_ms.unwrap_or(0)),
         hangup_after: Duration::from_millis(args.hangup_after_ms),
         step_timeout: args.step_timeout,
+        resume: resume::Plan {
+            cycles: args.resume_cycles,
+            hangup: args.resume_hangup,
+            finish: args.resume_finish,
+            after: Duration::from_millis(args.resume_after_ms),
+            pause: Duration::from_millis(args.resume_pause_ms),
+        },
         live: Live::default(),
     })
 }
 
-/// The role of session `i`: churn exits by the mix; otherwise samples spread evenly, scans
-/// first.
+/// The role of session `i`: churn exits by the mix; every session resumes without a resume
+/// sample; otherwise samples spread evenly, scans first, then hang-ups, then resumes.
 fn role_of(args: &Args, i: u64) -> Role {
     if args.churn {
         return Role::Churn(args.churn_mix.exit_of(i));
+    }
+    if args.resume_cycles > 0 && args.resume_sample.is_none() {
+        return Role::Resume;
     }
     let every = |k: u64| (k > 0).then(|| (args.sessions / k).max(1));
     if args.scan_after_ms.is_some()
@@ -308,21 +358,31 @@ fn role_of(args: &Args, i: u64) -> Role {
             return Role::HangUp;
         }
     }
+    if args.resume_cycles > 0
+        && let Some(stride) = every(args.resume_sample.unwrap_or(0))
+        && i % stride == stride / 4
+        && i / stride < args.resume_sample.unwrap_or(0)
+    {
+        return Role::Resume;
+    }
     Role::Hold
 }
 
 async fn run(args: Args) -> Result<(), String> {
     let ctx = Arc::new(build_ctx(&args)?);
-    let gauges = if args.churn {
+    let leak_check = args.leak_check();
+    // ws mode reads the gateway's /metrics before and after even without a leak check: the
+    // detached sessions and resume counters go in the report.
+    let gauges = if args.mode == Mode::Ws {
         let url = match &args.metrics_url {
             Some(u) => u.clone(),
             None => format!("http://{}/metrics", ctx.target),
         };
         let parsed = url::Url::parse(&url).map_err(|e| format!("--metrics-url {url}: {e}"))?;
         target::loopback_addr(&parsed)?;
-        if args.gateway_pid.is_none() {
+        if leak_check && args.gateway_pid.is_none() {
             eprintln!(
-                "qrlink-load: warning: without --gateway-pid the churn has no RSS or fd figures"
+                "qrlink-load: warning: without --gateway-pid the leak check has no RSS or fd figures"
             );
         }
         Some(churn::Gauges::new(url, args.gateway_pid)?)
@@ -352,8 +412,12 @@ async fn run(args: Args) -> Result<(), String> {
             args.warmup,
             (now, now + args.duration_limit),
             &|i| {
-                if args.churn {
+                if leak_check {
                     role_of(&args, i)
+                } else if args.mode == Mode::Ws {
+                    // Cancelled, not hung up: with resume on (the gateway's default) a hang-up
+                    // leaves the session detached for the grace, into the measured run.
+                    Role::Churn(session::Exit::Cancel)
                 } else {
                     Role::Hold
                 }
@@ -371,6 +435,7 @@ async fn run(args: Args) -> Result<(), String> {
             run.started
         );
         if let Some(g) = &gauges
+            && leak_check
             && !g.wait_idle(args.drain_timeout).await.1
         {
             eprintln!("qrlink-load: warning: the gateway still has sessions after the warm-up");
@@ -379,11 +444,11 @@ async fn run(args: Args) -> Result<(), String> {
     }
     // The churn's baseline: the gateway idle (no session), after the warm-up.
     let churn_before = match &gauges {
-        Some(g) => {
+        Some(g) if leak_check => {
             let (state, idle) = g.wait_idle(args.drain_timeout).await;
             if state.metrics.is_none() {
                 return Err(format!(
-                    "cannot read {}: --churn needs the gateway's metrics",
+                    "cannot read {}: --churn and --resume-cycles need the gateway's metrics",
                     g.url()
                 ));
             }
@@ -392,7 +457,12 @@ async fn run(args: Args) -> Result<(), String> {
             }
             Some(state)
         }
-        None => None,
+        _ => None,
+    };
+    let metrics_before = match (&churn_before, &gauges) {
+        (Some(state), _) => state.metrics,
+        (None, Some(g)) => g.scrape().await.ok(),
+        _ => None,
     };
     let sample = |pid: Option<u32>, fds: bool| pid.and_then(|p| procfs::sample(p, fds).ok());
     let me = Some(std::process::id());
@@ -450,6 +520,12 @@ async fn run(args: Args) -> Result<(), String> {
         sample(args.sim_pid, true),
         sample(me, false),
     );
+    // After the /proc reading, so the scrape's socket is not counted in it.
+    let metrics_after = match (&drain, &gauges) {
+        (Some(d), _) => d.after.metrics,
+        (None, Some(g)) => g.scrape().await.ok(),
+        _ => None,
+    };
 
     let mut report = summarize(
         &args, &ctx, &results, started, aborted, start, last_start, ended,
@@ -494,7 +570,27 @@ async fn run(args: Args) -> Result<(), String> {
         None,
     ));
     report.timeline = readings.points;
-    if let (Some(g), Some(before), Some(drain)) = (&gauges, churn_before, drain) {
+    report.detached =
+        report::DetachedReport::new(metrics_before, metrics_after, report.gateway.as_ref());
+    if args.resume_cycles > 0 {
+        let leak = match (churn_before, drain) {
+            (Some(before), Some(drain)) => Some(resume::LeakInput {
+                before,
+                drain,
+                peak_rss_kib: readings.gateway_peak,
+                aborted: report.sessions.aborted,
+            }),
+            _ => None,
+        };
+        report.resume = Some(resume::ResumeReport::new(
+            &ctx.resume,
+            &results,
+            metrics_before,
+            metrics_after,
+            leak,
+        ));
+    }
+    if let (true, Some(g), Some(before), Some(drain)) = (args.churn, &gauges, churn_before, drain) {
         let figures = churn::RunFigures {
             started: report.sessions.started,
             ok: report.sessions.ok,

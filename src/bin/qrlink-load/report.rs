@@ -203,6 +203,62 @@ pub struct Report {
     /// `--churn`: the gateway before and after, and the leak verdicts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<crate::churn::ChurnReport>,
+    /// `--resume-cycles`: the cycles, the resume → replay latency, the checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<crate::resume::ResumeReport>,
+    /// Sessions the run left detached (protocol v1.1), and what they cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detached: Option<DetachedReport>,
+}
+
+/// Sessions the run left detached and what each costs the gateway. With resume on (the
+/// gateway's default grace is 120 s) a session whose page hung up is kept, with no socket and no
+/// upstream request, until its grace passes; the `after` reading (`--settle` after the last
+/// session) comes well within it, so every session that hung up is still there.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetachedReport {
+    /// `qrlink_sessions_detached` before the run.
+    pub before: i64,
+    /// And after (`--settle` after the last session ended, or after the drain).
+    pub after: i64,
+    /// Gateway RSS before the run, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Gateway RSS after, KiB.
+    pub rss_after_kib: Option<u64>,
+    /// (after RSS − before RSS) / (after − before detached), KiB.
+    pub rss_per_detached_session_kib: Option<f64>,
+    /// The same run's attached figure: (plateau − before) / sessions open at the plateau, KiB.
+    pub rss_per_attached_session_kib: Option<f64>,
+}
+
+impl DetachedReport {
+    /// From the gateway's metrics before and after and its `/proc` figures; `None` unless the
+    /// run left sessions detached.
+    pub fn new(
+        before: Option<crate::churn::Scraped>,
+        after: Option<crate::churn::Scraped>,
+        gateway: Option<&ProcReport>,
+    ) -> Option<DetachedReport> {
+        let before_n = before.and_then(|m| m.sessions_detached).unwrap_or(0);
+        let after_n = after?.sessions_detached?;
+        if after_n <= before_n {
+            return None;
+        }
+        let rss = |s: Option<&ProcSample>| s.map(|s| s.rss_kib);
+        let rss_before = gateway.and_then(|g| rss(g.before.as_ref()));
+        let rss_after = gateway.and_then(|g| rss(g.after.as_ref()));
+        Some(DetachedReport {
+            before: before_n,
+            after: after_n,
+            rss_before_kib: rss_before,
+            rss_after_kib: rss_after,
+            rss_per_detached_session_kib: match (rss_before, rss_after) {
+                (Some(b), Some(a)) => Some((a as f64 - b as f64) / (after_n - before_n) as f64),
+                _ => None,
+            },
+            rss_per_attached_session_kib: gateway.and_then(|g| g.rss_per_open_session_kib),
+        })
+    }
 }
 
 fn row(out: &mut String, name: &str, s: &Stats) {
@@ -337,6 +393,24 @@ impl Report {
         }
         if let Some(p) = &self.load_generator {
             proc_lines(&mut out, "load generator", p);
+        }
+        if let Some(d) = &self.detached {
+            let kib = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} KiB"));
+            let mib =
+                |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1}", v as f64 / 1024.0));
+            let _ = writeln!(
+                out,
+                "detached: {} -> {} sessions, gateway RSS {} -> {} MiB: {} per detached session ({} per attached)",
+                d.before,
+                d.after,
+                mib(d.rss_before_kib),
+                mib(d.rss_after_kib),
+                kib(d.rss_per_detached_session_kib),
+                kib(d.rss_per_attached_session_kib),
+            );
+        }
+        if let Some(r) = &self.resume {
+            r.table(&mut out);
         }
         if let Some(c) = &self.churn {
             c.table(&mut out);

@@ -19,6 +19,9 @@ pub enum Role {
     HangUp,
     /// Churn: leaves right after its first QR, the way `Exit` says.
     Churn(Exit),
+    /// `--resume-cycles`: hangs up and resumes its session with `?resume=` again and again,
+    /// then ends it (`crate::resume`).
+    Resume,
 }
 
 /// How a churn session leaves once it has its first QR.
@@ -90,6 +93,8 @@ pub struct SessionResult {
     pub account_at_us: Option<i64>,
     /// Unix µs when the client hung up (hang-up sessions).
     pub hung_up_at_us: Option<i64>,
+    /// Resume sessions: what their cycles measured (boxed: most sessions have none).
+    pub resume: Option<Box<crate::resume::CycleLog>>,
     /// How it ended.
     pub end: End,
 }
@@ -108,6 +113,7 @@ impl SessionResult {
             first_qr_bytes: 0,
             account_at_us: None,
             hung_up_at_us: None,
+            resume: None,
             end: End::Aborted,
         }
     }
@@ -166,6 +172,8 @@ pub struct Ctx {
     pub hangup_after: Duration,
     /// Bound on each step: connect, first QR, scan → account, close handshake.
     pub step_timeout: Duration,
+    /// What `Resume` sessions do.
+    pub resume: crate::resume::Plan,
     /// Live counters.
     pub live: Live,
 }

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::resume;
 use crate::session::{Ctx, End, Exit, OpenGuard, Role, SessionResult, scan_outcome, unix_now_us};
 use crate::target;
 
@@ -25,27 +26,50 @@ use crate::target;
 /// live in this one process, so tungstenite's 128 KiB defaults would only waste memory.
 const CLIENT_BUFFER: usize = 8 * 1024;
 
-type Ws = WebSocketStream<TcpStream>;
+/// A client socket.
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// The fields of a server frame this tool looks at.
 #[derive(Debug, Deserialize)]
-struct Frame {
+pub struct Frame {
+    /// `qr`, `checkpoint`, `account`, `error`, …
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
+    /// `qr` frames: the upstream intent.
     #[serde(default)]
-    intent_id: Option<String>,
+    pub intent_id: Option<String>,
+    /// `error` frames: the code.
     #[serde(default)]
-    code: Option<String>,
+    pub code: Option<String>,
+    /// `ses_…`.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// The frame's number in its session.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// `qr` frames: which QR of the attempt.
+    #[serde(default)]
+    pub rotation: Option<u32>,
+    /// v1.1: `true` on the frame a resume re-sends.
+    #[serde(default)]
+    pub replay: bool,
+    /// v1.1: the session's resume token, on `qr` and `checkpoint` frames.
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 /// What the next message was.
-enum Next {
+pub enum Next {
+    /// A text frame, parsed, and its size in bytes.
     Frame(Frame, usize),
+    /// A Close frame with its code (1005 without one).
     Close(u16),
+    /// The connection ended otherwise; the error kind.
     Gone(String),
 }
 
-async fn next(ws: &mut Ws) -> Next {
+/// Reads the next message that means something (pings and pongs are skipped).
+pub async fn next(ws: &mut Ws) -> Next {
     loop {
         match ws.next().await {
             None => return Next::Gone("eof".to_owned()),
@@ -82,25 +106,34 @@ fn variant(debug: &str) -> &str {
         .unwrap_or(debug)
 }
 
-/// Runs session `i` with `role` to its end.
-pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
-    let mut r = SessionResult::new(role);
-    let start = Instant::now();
+/// Connects session `i` (from its source address) and opens the WebSocket at `url`, each step
+/// bounded by the step timeout; the error kind (`connect_…`, `handshake_…`) otherwise.
+pub async fn open(ctx: &Ctx, i: u64, url: &str) -> Result<Ws, String> {
     let step = ctx.step_timeout;
     let stream = match timeout(step, target::connect(ctx.target, ctx.source(i))).await {
-        Err(_) => return early(ctx, r, "connect_timeout".to_owned()),
-        Ok(Err(e)) => return early(ctx, r, format!("connect_{:?}", e.kind())),
+        Err(_) => return Err("connect_timeout".to_owned()),
+        Ok(Err(e)) => return Err(format!("connect_{:?}", e.kind())),
         Ok(Ok(s)) => s,
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(CLIENT_BUFFER)
         .write_buffer_size(0);
-    let handshake =
-        tokio_tungstenite::client_async_with_config(ctx.url.as_str(), stream, Some(config));
-    let mut ws = match timeout(step, handshake).await {
-        Err(_) => return early(ctx, r, "handshake_timeout".to_owned()),
-        Ok(Err(e)) => return early(ctx, r, format!("handshake_{}", ws_error_kind(&e))),
-        Ok(Ok((ws, _))) => ws,
+    let handshake = tokio_tungstenite::client_async_with_config(url, stream, Some(config));
+    match timeout(step, handshake).await {
+        Err(_) => Err("handshake_timeout".to_owned()),
+        Ok(Err(e)) => Err(format!("handshake_{}", ws_error_kind(&e))),
+        Ok(Ok((ws, _))) => Ok(ws),
+    }
+}
+
+/// Runs session `i` with `role` to its end.
+pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
+    let mut r = SessionResult::new(role);
+    let start = Instant::now();
+    let step = ctx.step_timeout;
+    let mut ws = match open(ctx, i, &ctx.url).await {
+        Ok(ws) => ws,
+        Err(kind) => return early(ctx, r, kind),
     };
     let upgraded = Instant::now();
     r.connect = Some(upgraded - start);
@@ -116,6 +149,15 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
             r.first_qr_at = Some(now);
             r.first_qr_bytes = bytes;
             r.qrs = 1;
+            if role == Role::Resume {
+                ctx.live.ready.fetch_add(1, Ordering::Relaxed);
+                let Some(shown) = resume::Shown::from_first(&frame) else {
+                    return r.fail("resume_no_token");
+                };
+                r.intent_id = frame.intent_id;
+                let end = resume::run(ctx, i, ws, shown, &mut r).await;
+                return r.ended(end);
+            }
             r.intent_id = frame.intent_id;
             ctx.live.ready.fetch_add(1, Ordering::Relaxed);
         }
@@ -141,7 +183,7 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
 /// A churn session leaves right after its first QR. Each way ends only when the connection is
 /// gone at both ends (or the step timeout strikes, which is a failure), so a gateway that does
 /// not let go of a socket shows up in the errors.
-async fn leave(mut ws: Ws, exit: Exit, step: Duration) -> End {
+pub async fn leave(mut ws: Ws, exit: Exit, step: Duration) -> End {
     match exit {
         Exit::Drop => {
             drop(ws);
@@ -201,7 +243,7 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
                 Role::Hold => ctx.hold,
                 Role::Scan => ctx.scan_after,
                 Role::HangUp => ctx.hangup_after,
-                Role::Churn(_) => Duration::ZERO,
+                Role::Churn(_) | Role::Resume => Duration::ZERO,
             },
     );
     let mut scan: Option<JoinHandle<Result<(), String>>> = None;
@@ -211,7 +253,7 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
             () = sleep_until(timer.unwrap_or(qr_at).into()), if timer.is_some() => {
                 timer = None;
                 match r.role {
-                    Role::Hold | Role::Churn(_) => {
+                    Role::Hold | Role::Churn(_) | Role::Resume => {
                         hang_up(ws, true, ctx.step_timeout).await;
                         return End::HungUp;
                     }
