@@ -22,7 +22,7 @@ use super::limits::Limits;
 use super::{
     Outcome, Phase, ResumeRefused, Resumed, SessionInfo, StoreConfig, WATCH_BUFFER, WatchEvent,
 };
-use crate::link::protocol::{Envelope, ServerFrame, codes};
+use crate::link::protocol::{Envelope, QrFrame, ServerFrame, codes};
 use crate::link::{self, Cursor, LinkRequest, QrFormats};
 use crate::secret;
 
@@ -518,11 +518,20 @@ impl Attachment {
             ServerFrame::Qr(_) | ServerFrame::Checkpoint { .. }
         );
         if let (true, Some(secret)) = (resumable, &self.session.resume_secret) {
-            let mut last = Envelope::new(self.session.id.clone(), env.seq, env.frame.clone());
-            if let ServerFrame::Qr(q) = &mut last.frame {
-                (q.svg, q.text, q.raw) = (None, None, None);
-            }
-            record.last = Some(last);
+            // Without its renderings: cloning the frame whole would copy the 4–5 KB SVG for
+            // every QR only to drop it.
+            let kept = match &env.frame {
+                ServerFrame::Qr(q) => ServerFrame::Qr(QrFrame {
+                    rotation: q.rotation,
+                    intent_id: q.intent_id.clone(),
+                    expires_at: q.expires_at.clone(),
+                    svg: None,
+                    text: None,
+                    raw: None,
+                }),
+                other => other.clone(),
+            };
+            record.last = Some(Envelope::new(self.session.id.clone(), env.seq, kept));
             record.qrcode = qrcode;
             env.resume = Some(format!("{}.{secret}", self.session.id));
         }
@@ -578,7 +587,6 @@ fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::link::Resume;
-    use crate::link::protocol::QrFrame;
     use crate::store::Store;
 
     fn addr() -> SocketAddr {
