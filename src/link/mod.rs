@@ -173,17 +173,20 @@ pub async fn run(
             checkpoint,
             answers: before,
         } => {
+            answers = before;
             // The socket layer replayed the checkpoint frame: wait for its answer.
-            let Some(code) = codes.recv().await else {
+            let asking = Asking {
+                intent_id,
+                checkpoint,
+                show: Show::OnScreen,
+            };
+            let Some((solved, solving)) = asking
+                .answer(upstream, &frames, &mut codes, cursor, &mut answers)
+                .await
+            else {
                 return;
             };
-            answers = before + 1;
-            cursor.next = Resume::Poll {
-                intent_id: intent_id.clone(),
-                shown: Some(checkpoint.clone()),
-            };
-            let solved = upstream.solve_checkpoint(&intent_id, &code).await;
-            asked = Some((intent_id, checkpoint));
+            asked = Some(solving);
             solved
         }
     };
@@ -220,22 +223,23 @@ pub async fn run(
                 checkpoint,
             }) => {
                 answers = 0;
-                let show = shown.take().is_none_or(|s| s != checkpoint);
-                cursor.next = Resume::Answer {
-                    intent_id: intent_id.clone(),
-                    checkpoint: checkpoint.clone(),
-                    answers,
+                let on_screen = shown.take().is_some_and(|s| s == checkpoint);
+                let asking = Asking {
+                    intent_id,
+                    checkpoint,
+                    show: if on_screen {
+                        Show::OnScreen
+                    } else {
+                        Show::Ask(None)
+                    },
                 };
-                let Some(code) = ask(&frames, &mut codes, &checkpoint, None, show).await else {
+                let Some((solved, solving)) = asking
+                    .answer(upstream, &frames, &mut codes, cursor, &mut answers)
+                    .await
+                else {
                     return;
                 };
-                answers += 1;
-                cursor.next = Resume::Poll {
-                    intent_id: intent_id.clone(),
-                    shown: Some(checkpoint.clone()),
-                };
-                let solved = upstream.solve_checkpoint(&intent_id, &code).await;
-                asked = Some((intent_id, checkpoint));
+                asked = Some(solving);
                 solved
             }
             Err(upstream::Error::Api(api))
@@ -248,22 +252,18 @@ pub async fn run(
                     message: message_for(&api.kind).to_owned(),
                     code: api.kind,
                 };
-                cursor.next = Resume::Answer {
-                    intent_id: intent_id.clone(),
-                    checkpoint: checkpoint.clone(),
-                    answers,
+                let asking = Asking {
+                    intent_id,
+                    checkpoint,
+                    show: Show::Ask(Some(retry)),
                 };
-                let Some(code) = ask(&frames, &mut codes, &checkpoint, Some(retry), true).await
+                let Some((solved, solving)) = asking
+                    .answer(upstream, &frames, &mut codes, cursor, &mut answers)
+                    .await
                 else {
                     return;
                 };
-                answers += 1;
-                cursor.next = Resume::Poll {
-                    intent_id: intent_id.clone(),
-                    shown: Some(checkpoint.clone()),
-                };
-                let solved = upstream.solve_checkpoint(&intent_id, &code).await;
-                asked = Some((intent_id, checkpoint));
+                asked = Some(solving);
                 solved
             }
             Ok(AuthResponse::Account(account)) => {
@@ -304,25 +304,63 @@ fn intent_request(req: &LinkRequest) -> IntentRequest {
     }
 }
 
-/// Shows a checkpoint (again, with why, after a wrong answer; not when the page already shows
-/// it) and waits for the client's code. None when the client is gone.
-async fn ask(
-    frames: &Frames,
-    codes: &mut Codes,
-    checkpoint: &Value,
-    error: Option<CheckpointError>,
-    show: bool,
-) -> Option<String> {
-    if show {
-        // Codes typed before this checkpoint was shown answer nothing.
-        while codes.try_recv().is_ok() {}
-        let frame = ServerFrame::Checkpoint {
+/// A checkpoint to answer: shown (or not), answered by the client, solved upstream.
+struct Asking {
+    intent_id: String,
+    checkpoint: Value,
+    show: Show,
+}
+
+/// Whether a checkpoint frame goes out before the attempt waits for its answer.
+enum Show {
+    /// Show it, with why when a wrong answer brings it again.
+    Ask(Option<CheckpointError>),
+    /// The page shows it already (replayed after a resume, or asked again by the upstream).
+    OnScreen,
+}
+
+impl Asking {
+    /// Shows the checkpoint as `show` says, waits for the client's code and solves the
+    /// checkpoint with it, keeping `cursor` current at each step and counting the answer.
+    /// Returns the upstream's answer and what was asked (for a retry after a wrong code); None
+    /// when the client is gone.
+    async fn answer(
+        self,
+        upstream: &UnipileClient,
+        frames: &Frames,
+        codes: &mut Codes,
+        cursor: &mut Cursor,
+        answers: &mut u32,
+    ) -> Option<(Result<AuthResponse, upstream::Error>, (String, Value))> {
+        let Asking {
+            intent_id,
+            checkpoint,
+            show,
+        } = self;
+        cursor.next = Resume::Answer {
+            intent_id: intent_id.clone(),
             checkpoint: checkpoint.clone(),
-            error,
+            answers: *answers,
         };
-        frames.send_boxed(frame).await.ok()?;
+        if let Show::Ask(error) = show {
+            // Codes typed before this checkpoint was shown answer nothing.
+            while codes.try_recv().is_ok() {}
+            let frame = ServerFrame::Checkpoint {
+                checkpoint: checkpoint.clone(),
+                error,
+            };
+            frames.send_boxed(frame).await.ok()?;
+        }
+        let code = *codes.recv().await?;
+        *answers += 1;
+        // The answer is in flight: if the socket goes now, a resume polls for its outcome.
+        cursor.next = Resume::Poll {
+            intent_id: intent_id.clone(),
+            shown: Some(checkpoint.clone()),
+        };
+        let solved = upstream.solve_checkpoint(&intent_id, &code).await;
+        Some((solved, (intent_id, checkpoint)))
     }
-    codes.recv().await.map(|code| *code)
 }
 
 /// The `qr` frame for a QR string. `raw` always carries the string: the socket layer keeps it
