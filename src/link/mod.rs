@@ -180,13 +180,19 @@ pub async fn run(
                 checkpoint,
                 show: Show::OnScreen,
             };
-            let Some((solved, solving)) = asking
-                .answer(upstream, &frames, &mut codes, cursor, &mut answers)
+            let Some(solved) = asking
+                .answer(
+                    upstream,
+                    &frames,
+                    &mut codes,
+                    cursor,
+                    &mut answers,
+                    &mut asked,
+                )
                 .await
             else {
                 return;
             };
-            asked = Some(solving);
             solved
         }
     };
@@ -233,13 +239,19 @@ pub async fn run(
                         Show::Ask(None)
                     },
                 };
-                let Some((solved, solving)) = asking
-                    .answer(upstream, &frames, &mut codes, cursor, &mut answers)
+                let Some(solved) = asking
+                    .answer(
+                        upstream,
+                        &frames,
+                        &mut codes,
+                        cursor,
+                        &mut answers,
+                        &mut asked,
+                    )
                     .await
                 else {
                     return;
                 };
-                asked = Some(solving);
                 solved
             }
             Err(upstream::Error::Api(api))
@@ -257,13 +269,19 @@ pub async fn run(
                     checkpoint,
                     show: Show::Ask(Some(retry)),
                 };
-                let Some((solved, solving)) = asking
-                    .answer(upstream, &frames, &mut codes, cursor, &mut answers)
+                let Some(solved) = asking
+                    .answer(
+                        upstream,
+                        &frames,
+                        &mut codes,
+                        cursor,
+                        &mut answers,
+                        &mut asked,
+                    )
                     .await
                 else {
                     return;
                 };
-                asked = Some(solving);
                 solved
             }
             Ok(AuthResponse::Account(account)) => {
@@ -321,9 +339,9 @@ enum Show {
 
 impl Asking {
     /// Shows the checkpoint as `show` says, waits for the client's code and solves the
-    /// checkpoint with it, keeping `cursor` current at each step and counting the answer.
-    /// Returns the upstream's answer and what was asked (for a retry after a wrong code); None
-    /// when the client is gone.
+    /// checkpoint with it, keeping `cursor` current at each step, counting the answer and
+    /// noting in `asked` what was asked (for a retry after a wrong code). Returns the
+    /// upstream's answer; None when the client is gone.
     async fn answer(
         self,
         upstream: &UnipileClient,
@@ -331,7 +349,8 @@ impl Asking {
         codes: &mut Codes,
         cursor: &mut Cursor,
         answers: &mut u32,
-    ) -> Option<(Result<AuthResponse, upstream::Error>, (String, Value))> {
+        asked: &mut Option<(String, Value)>,
+    ) -> Option<Result<AuthResponse, upstream::Error>> {
         let Asking {
             intent_id,
             checkpoint,
@@ -359,7 +378,8 @@ impl Asking {
             shown: Some(checkpoint.clone()),
         };
         let solved = upstream.solve_checkpoint(&intent_id, &code).await;
-        Some((solved, (intent_id, checkpoint)))
+        *asked = Some((intent_id, checkpoint));
+        Some(solved)
     }
 }
 

@@ -86,6 +86,25 @@ async fn leave_page(mut client: WsClient) {
     }
 }
 
+/// Re-attaches to the session of `token` on `provider`'s path.
+async fn resume(gw: &TestGateway, provider: &str, token: &str) -> WsClient {
+    gw.connect(&format!("/ws/link/{provider}?resume={token}"))
+        .await
+}
+
+/// Opens a WhatsApp attempt, takes its first `qr`, hangs up without a close handshake (a
+/// dropped network) and waits for the session to detach.
+async fn detached_whatsapp(
+    gw: &TestGateway,
+    events: &mut broadcast::Receiver<WatchEvent>,
+) -> Envelope {
+    let mut client = gw.connect("/ws/link/whatsapp").await;
+    let first = qr_envelope(&mut client).await;
+    drop(client);
+    wait_detached(events, &first.session).await;
+    first
+}
+
 fn intents_started(gw: &TestGateway) -> usize {
     gw.sim()
         .requests()
@@ -123,9 +142,7 @@ async fn a_hang_up_detaches_and_a_resume_replays_the_qr_then_a_scan_links_on_the
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].phase, Phase::Detached);
 
-    let mut resumed = gw
-        .connect(&format!("/ws/link/whatsapp?resume={token}"))
-        .await;
+    let mut resumed = resume(&gw, "whatsapp", &token).await;
     let replay = qr_envelope(&mut resumed).await;
     assert!(replay.replay, "the first frame is a replay: {replay:?}");
     assert_eq!(
@@ -189,9 +206,7 @@ async fn a_scan_while_detached_arrives_as_the_account_right_after_the_replay() {
     // The phone scans while the page is away.
     gw.sim().scan(&intent).unwrap();
 
-    let mut resumed = gw
-        .connect(&format!("/ws/link/whatsapp?resume={token}"))
-        .await;
+    let mut resumed = resume(&gw, "whatsapp", &token).await;
     let replay = qr_envelope(&mut resumed).await;
     assert!(replay.replay);
     common::ends_with_the_account(&mut resumed).await;
@@ -216,9 +231,7 @@ async fn a_telegram_2fa_checkpoint_survives_a_reload_and_the_code_links_it() {
     leave_page(client).await;
     wait_detached(&mut events, &first.session).await;
 
-    let mut resumed = gw
-        .connect(&format!("/ws/link/telegram?resume={token}"))
-        .await;
+    let mut resumed = resume(&gw, "telegram", &token).await;
     let replay = resumed.frame().await;
     assert!(replay.replay);
     assert_eq!(
@@ -281,9 +294,7 @@ async fn a_second_socket_takes_over_and_the_first_is_closed_4000_without_a_termi
     let intent = intent_of(&first);
     gw.wait_for_poll(&intent, PollOutcome::Pending).await;
 
-    let mut second_tab = gw
-        .connect(&format!("/ws/link/whatsapp?resume={}", token_of(&first)))
-        .await;
+    let mut second_tab = resume(&gw, "whatsapp", &token_of(&first)).await;
     match first_tab.next().await {
         Next::Close(code) => assert_eq!(code, close::RESUMED_ELSEWHERE),
         other => panic!("expected close 4000 and no frame, got {other:?}"),
@@ -354,23 +365,16 @@ async fn unknown_and_ended_sessions_are_refused_as_expired() {
 async fn a_token_on_another_providers_path_is_refused_and_the_session_stays_resumable() {
     let gw = gateway(&[]).await;
     let mut events = gw.state.store.subscribe();
-    let mut client = gw.connect("/ws/link/whatsapp").await;
-    let first = qr_envelope(&mut client).await;
+    let first = detached_whatsapp(&gw, &mut events).await;
     let token = token_of(&first);
-    drop(client);
-    wait_detached(&mut events, &first.session).await;
 
-    let mut wrong = gw
-        .connect(&format!("/ws/link/telegram?resume={token}"))
-        .await;
+    let mut wrong = resume(&gw, "telegram", &token).await;
     let error = wrong.error().await;
     assert_eq!(error.code, codes::UNAUTHORIZED);
     assert_eq!(wrong.closed().await, close::POLICY);
     assert_eq!(gw.state.store.snapshot()[0].phase, Phase::Detached);
 
-    let mut right = gw
-        .connect(&format!("/ws/link/whatsapp?resume={token}"))
-        .await;
+    let mut right = resume(&gw, "whatsapp", &token).await;
     assert!(qr_envelope(&mut right).await.replay);
 }
 
@@ -378,10 +382,7 @@ async fn a_token_on_another_providers_path_is_refused_and_the_session_stays_resu
 async fn when_the_grace_passes_the_session_ends_disconnected_and_its_token_is_refused() {
     let gw = gateway(&["--resume-grace", "300ms"]).await;
     let mut events = gw.state.store.subscribe();
-    let mut client = gw.connect("/ws/link/whatsapp").await;
-    let first = qr_envelope(&mut client).await;
-    drop(client);
-    wait_detached(&mut events, &first.session).await;
+    let first = detached_whatsapp(&gw, &mut events).await;
     let closed = wait_for_event(&mut events, "the closed event", |ev| {
         matches!(ev, WatchEvent::Closed { .. })
     })
@@ -420,10 +421,7 @@ async fn with_a_grace_of_zero_frames_carry_no_token_and_a_hang_up_ends_the_sessi
 async fn an_upstream_that_forgot_the_intent_ends_the_resumed_attempt_with_a_retryable_error() {
     let gw = gateway(&[]).await;
     let mut events = gw.state.store.subscribe();
-    let mut client = gw.connect("/ws/link/whatsapp").await;
-    let first = qr_envelope(&mut client).await;
-    drop(client);
-    wait_detached(&mut events, &first.session).await;
+    let first = detached_whatsapp(&gw, &mut events).await;
     gw.sim().push_fault(
         Endpoint::Checkpoint,
         Fault::Error {
@@ -432,9 +430,7 @@ async fn an_upstream_that_forgot_the_intent_ends_the_resumed_attempt_with_a_retr
             detail: None,
         },
     );
-    let mut resumed = gw
-        .connect(&format!("/ws/link/whatsapp?resume={}", token_of(&first)))
-        .await;
+    let mut resumed = resume(&gw, "whatsapp", &token_of(&first)).await;
     assert!(qr_envelope(&mut resumed).await.replay);
     let error = resumed.error().await;
     assert_eq!(error.code, "api/resource_not_found");
@@ -447,10 +443,7 @@ async fn an_upstream_that_forgot_the_intent_ends_the_resumed_attempt_with_a_retr
 async fn a_resume_may_ask_for_other_qr_formats() {
     let gw = gateway(&[]).await;
     let mut events = gw.state.store.subscribe();
-    let mut client = gw.connect("/ws/link/whatsapp").await;
-    let first = qr_envelope(&mut client).await;
-    drop(client);
-    wait_detached(&mut events, &first.session).await;
+    let first = detached_whatsapp(&gw, &mut events).await;
     let mut resumed = gw
         .connect(&format!(
             "/ws/link/whatsapp?resume={}&qr=text,raw",
@@ -539,9 +532,7 @@ async fn watchers_see_detached_and_resumed_but_never_the_resume_token() {
         .await
         .unwrap();
     assert!(listed.contains("\"detached\""), "{listed}");
-    let mut resumed = gw
-        .connect(&format!("/ws/link/whatsapp?resume={token}"))
-        .await;
+    let mut resumed = resume(&gw, "whatsapp", &token).await;
     qr_envelope(&mut resumed).await;
     while !seen.iter().any(|t: &String| t.contains("\"resumed\"")) {
         seen.push(watcher.ws_text().await);
