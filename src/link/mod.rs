@@ -180,16 +180,16 @@ pub async fn run(
                 checkpoint,
                 show: Show::OnScreen,
             };
-            let Some(solved) = asking
-                .answer(
-                    upstream,
-                    &frames,
-                    &mut codes,
-                    cursor,
-                    &mut answers,
-                    &mut asked,
-                )
-                .await
+            // Boxed: checkpoints are rare; the attempt's future, held by every session, stays small.
+            let Some(solved) = Box::pin(asking.answer(
+                upstream,
+                &frames,
+                &mut codes,
+                cursor,
+                &mut answers,
+                &mut asked,
+            ))
+            .await
             else {
                 return;
             };
@@ -239,16 +239,16 @@ pub async fn run(
                         Show::Ask(None)
                     },
                 };
-                let Some(solved) = asking
-                    .answer(
-                        upstream,
-                        &frames,
-                        &mut codes,
-                        cursor,
-                        &mut answers,
-                        &mut asked,
-                    )
-                    .await
+                // Boxed: checkpoints are rare; the attempt's future, held by every session, stays small.
+                let Some(solved) = Box::pin(asking.answer(
+                    upstream,
+                    &frames,
+                    &mut codes,
+                    cursor,
+                    &mut answers,
+                    &mut asked,
+                ))
+                .await
                 else {
                     return;
                 };
@@ -269,16 +269,16 @@ pub async fn run(
                     checkpoint,
                     show: Show::Ask(Some(retry)),
                 };
-                let Some(solved) = asking
-                    .answer(
-                        upstream,
-                        &frames,
-                        &mut codes,
-                        cursor,
-                        &mut answers,
-                        &mut asked,
-                    )
-                    .await
+                // Boxed: checkpoints are rare; the attempt's future, held by every session, stays small.
+                let Some(solved) = Box::pin(asking.answer(
+                    upstream,
+                    &frames,
+                    &mut codes,
+                    cursor,
+                    &mut answers,
+                    &mut asked,
+                ))
+                .await
                 else {
                     return;
                 };

@@ -85,8 +85,9 @@ pub struct Session {
 struct Record {
     /// The last frame's `seq`.
     seq: u64,
-    /// The last `qr` or `checkpoint` frame as sent, without QR renderings and resume token.
-    last: Option<Envelope>,
+    /// The last `qr` or `checkpoint` frame as sent (its `seq` and the frame), without QR
+    /// renderings: the session id and token are the session's own.
+    last: Option<(u64, ServerFrame)>,
     /// The string the last QR encodes, rendered again on replay (a rendered SVG is 4–5 KB; the
     /// string is 50–250 bytes).
     qrcode: Option<String>,
@@ -251,7 +252,7 @@ impl Memory {
                 }
                 match &record.attached {
                     None => {
-                        let Some(replay) = record.replay(formats, token) else {
+                        let Some(replay) = record.replay(&session.id, formats, token) else {
                             return Err(refused(ResumeRefused::Expired));
                         };
                         record.attached = Some(takeover.clone());
@@ -402,8 +403,9 @@ impl Memory {
 impl Record {
     /// The last `qr` or `checkpoint` frame as it was sent, for a socket that resumes with
     /// `formats` (default: the session's): the QR rendered again, `replay` and the token set.
-    fn replay(&self, formats: Option<QrFormats>, token: &str) -> Option<Envelope> {
-        let mut env = self.last.clone()?;
+    fn replay(&self, id: &str, formats: Option<QrFormats>, token: &str) -> Option<Envelope> {
+        let (seq, frame) = self.last.clone()?;
+        let mut env = Envelope::new(id, seq, frame);
         if let (ServerFrame::Qr(q), Some(qrcode)) = (&mut env.frame, &self.qrcode) {
             let formats = formats.unwrap_or(self.request.formats);
             // It rendered when it was first sent; the same string renders the same way.
@@ -531,7 +533,7 @@ impl Attachment {
                 }),
                 other => other.clone(),
             };
-            record.last = Some(Envelope::new(self.session.id.clone(), env.seq, kept));
+            record.last = Some((env.seq, kept));
             record.qrcode = qrcode;
             env.resume = Some(format!("{}.{secret}", self.session.id));
         }

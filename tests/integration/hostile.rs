@@ -9,6 +9,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,6 +27,7 @@ use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_util::sync::CancellationToken;
 
 use crate::common::{
     TWOFA, TestGateway, WAIT, WsClient, ends_with_the_account, frames_until_close, sim_config,
@@ -423,41 +426,63 @@ async fn clients_that_never_read_hold_a_bounded_queue_and_are_dropped_within_a_k
     // meanwhile, the most the kernel held for any of them.
     let mut published: HashMap<String, usize> = HashMap::new();
     let mut ended: HashMap<String, u64> = HashMap::new();
-    let (mut most_unsent, mut most_unread) = (0, 0);
-    let mut sample = tokio::time::interval(Duration::from_millis(200));
-    tokio::time::timeout(WAIT, async {
-        while ended.len() < NEVER_READING {
-            tokio::select! {
-                event = events.recv() => match event.expect("watch events") {
-                    WatchEvent::Opened { session, provider, .. } if provider == "google_messages" => {
-                        published.insert(session, 0);
+    // The kernel's share of what is held, measured beside the loop (reading /proc/net/tcp takes
+    // longer the more sockets the machine has) so that it never delays the events.
+    let (unsent, unread) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let sampling = CancellationToken::new();
+    let sampler = tokio::spawn({
+        let (unsent, unread, sampling) = (unsent.clone(), unread.clone(), sampling.clone());
+        let locals: Vec<SocketAddr> = clients.iter().map(|(local, ..)| *local).collect();
+        async move {
+            let mut sample = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    () = sampling.cancelled() => return,
+                    _ = sample.tick() => {}
+                }
+                for s in own_tcp_sockets().await {
+                    if locals.contains(&s.remote) {
+                        unsent.fetch_max(s.tx_queue, Ordering::Relaxed);
                     }
-                    WatchEvent::Frame(env) => {
-                        if let Some(n) = published.get_mut(&env.session) {
-                            *n += 1;
-                        }
-                    }
-                    WatchEvent::Closed { session, duration_ms, .. } if published.contains_key(&session) => {
-                        ended.insert(session, duration_ms);
-                    }
-                    _ => {}
-                },
-                _ = sample.tick() => {
-                    // Measured, not waited for: the kernel's share of what is held.
-                    for s in own_tcp_sockets().await {
-                        if clients.iter().any(|(local, ..)| s.remote == *local) {
-                            most_unsent = most_unsent.max(s.tx_queue);
-                        }
-                        if clients.iter().any(|(local, ..)| s.local == *local) {
-                            most_unread = most_unread.max(s.rx_queue);
-                        }
+                    if locals.contains(&s.local) {
+                        unread.fetch_max(s.rx_queue, Ordering::Relaxed);
                     }
                 }
             }
         }
+    });
+    let ended_in_time = tokio::time::timeout(WAIT, async {
+        while ended.len() < NEVER_READING {
+            match events.recv().await.expect("watch events") {
+                WatchEvent::Opened {
+                    session, provider, ..
+                } if provider == "google_messages" => {
+                    published.insert(session, 0);
+                }
+                WatchEvent::Frame(env) => {
+                    if let Some(n) = published.get_mut(&env.session) {
+                        *n += 1;
+                    }
+                }
+                WatchEvent::Closed {
+                    session,
+                    duration_ms,
+                    ..
+                } if published.contains_key(&session) => {
+                    ended.insert(session, duration_ms);
+                }
+                _ => {}
+            }
+        }
     })
-    .await
-    .unwrap_or_else(|_| {
+    .await;
+    sampling.cancel();
+    sampler.await.unwrap();
+    let (most_unsent, most_unread) = (
+        unsent.load(Ordering::Relaxed),
+        unread.load(Ordering::Relaxed),
+    );
+    ended_in_time.unwrap_or_else(|_| {
         panic!(
             "expected every never-reading session ended, ended {ended:?}; published {published:?}, \
              most unsent {most_unsent} B, most unread {most_unread} B"
