@@ -221,12 +221,13 @@ impl Memory {
             metrics::counter!("qrlink_resume_refused_total", "reason" => label).increment(1);
             reason
         };
-        let (id, secret) = parse_resume_token(token).ok_or(refused(ResumeRefused::Expired))?;
+        let (id, secret) =
+            parse_resume_token(token).ok_or_else(|| refused(ResumeRefused::Expired))?;
         let session = store
             .sessions
             .get(id)
             .map(|s| s.clone())
-            .ok_or(refused(ResumeRefused::Expired))?;
+            .ok_or_else(|| refused(ResumeRefused::Expired))?;
         let matches = session
             .resume_secret
             .as_deref()
@@ -751,6 +752,37 @@ mod tests {
         let next = resumed.attachment.record(qr(2));
         assert_eq!(next.seq, 2, "seq goes on");
         resumed.attachment.end();
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_works_counts_one_resume_and_no_refusal() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // This test's runtime is this thread: every metric below lands in `recorder`.
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let store = store(Duration::from_secs(60));
+        let a = store.open(addr(), request("whatsapp"));
+        let token = a.record(qr(1)).resume.unwrap();
+        a.detach(poll_cursor(1));
+        store
+            .resume(&token, "whatsapp", None)
+            .await
+            .unwrap()
+            .attachment
+            .end();
+        let _ = store.resume("ses_nope.secret", "whatsapp", None).await;
+        let text = handle.render();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        assert_eq!(value("qrlink_resumes_total "), 1.0, "{text}");
+        assert_eq!(
+            value("qrlink_resume_refused_total{reason=\"expired\"} "),
+            1.0,
+            "only the unknown token is a refusal: {text}"
+        );
     }
 
     #[tokio::test]
