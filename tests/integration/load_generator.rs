@@ -4,17 +4,88 @@
 //! The gateways here run with resume on (protocol v1.1, as users run them; `TestGateway` turns
 //! it off by default), with a grace of a few seconds instead of the default 120 s so that the
 //! sessions that hung up and were kept detached expire within the tests' bounds.
+//!
+//! Each gateway is the `qrlink` binary in a process of its own: the reports read its metrics
+//! (`qrlink_sessions_active`, resumes, tasks alive) and its fds, which in this process would
+//! also count every other test's sessions running beside it.
 
 use crate::common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::common::{TestGateway, WAIT};
+use crate::common::binary::{Running, start_binary_with};
+use crate::common::{TestSimulator, WAIT, WsClient};
+use qrlink::simulator::SimulatorConfig;
 use serde_json::Value;
 
-/// The gateways of these tests live in this process, whose fds (and the process-global
-/// `qrlink_sessions_active`) the reports read: one test at a time.
+/// Load runs want the machine's cores to themselves: one test at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A simulator in this process and a gateway process in front of it.
+struct Separate {
+    sim: TestSimulator,
+    bin: Running,
+}
+
+impl Separate {
+    /// The gateway with the test harness's upstream settings (short retries), admission limits
+    /// raised (every session comes from one loopback address), then `args`.
+    async fn start(sim: SimulatorConfig, args: &[&str]) -> Separate {
+        let sim = TestSimulator::start(sim).await;
+        let mut all = vec![
+            "--upstream-retry-budget",
+            "3s",
+            "--upstream-backoff",
+            "20ms",
+            "--max-sessions-per-ip",
+            "100000",
+            "--sessions-per-ip-per-minute",
+            "100000",
+        ];
+        all.extend_from_slice(args);
+        // Its address comes from the one `qrlink` info line; no line per session.
+        let bin =
+            start_binary_with(&sim.url(), "warn,qrlink=info,qrlink::http=warn", &all, &[]).await;
+        Separate { sim, bin }
+    }
+
+    fn pid(&self) -> String {
+        self.bin.child.id().expect("the gateway runs").to_string()
+    }
+
+    /// Waits until the gateway has no session left, attached or detached, from its watch
+    /// socket: the snapshot, then `opened` and `closed` events.
+    async fn wait_for_no_sessions(&self) {
+        let mut watcher = WsClient::connect(&format!("ws://{}/ws/watch", self.bin.addr)).await;
+        let mut open: HashSet<String> = HashSet::new();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let event: Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+                let id = event["session"].as_str().map(str::to_owned);
+                match (event["type"].as_str(), id) {
+                    (Some("snapshot"), _) => {
+                        for s in event["sessions"].as_array().unwrap() {
+                            open.insert(s["id"].as_str().unwrap().to_owned());
+                        }
+                    }
+                    (Some("opened"), Some(id)) => {
+                        open.insert(id);
+                    }
+                    (Some("closed"), Some(id)) => {
+                        open.remove(&id);
+                    }
+                    _ => {}
+                }
+                if open.is_empty() && event["type"] != "lagged" {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("expected no sessions, still {open:?}"));
+    }
+}
 
 /// Runs `qrlink-load` with `args` and returns its JSON report (written to stdout).
 async fn load(args: &[String]) -> Value {
@@ -44,7 +115,7 @@ async fn fifty_sessions_are_opened_scanned_and_hung_up_with_a_sane_report() {
     // QRs live long enough that nothing rotates or times out during the run; the admission
     // limits are raised because every session comes from one loopback address. Resume on: the
     // sessions that hang up stay detached for the 3 s grace.
-    let gw = TestGateway::with(
+    let gw = Separate::start(
         common::sim_config(Duration::from_secs(30), 2),
         &[
             "--max-sessions-per-ip",
@@ -58,9 +129,9 @@ async fn fifty_sessions_are_opened_scanned_and_hung_up_with_a_sane_report() {
     .await;
     let args: Vec<String> = [
         "--url",
-        &format!("ws://{}", gw.addr),
+        &format!("ws://{}", gw.bin.addr),
         "--sim-url",
-        &gw.upstream.url(),
+        &gw.sim.url(),
         "--sessions",
         "50",
         "--rate",
@@ -78,7 +149,7 @@ async fn fifty_sessions_are_opened_scanned_and_hung_up_with_a_sane_report() {
         "--hangup-after-ms",
         "200",
         "--gateway-pid",
-        &std::process::id().to_string(),
+        &gw.pid(),
         "--plateau-delay",
         "100ms",
         "--settle",
@@ -163,14 +234,14 @@ async fn churn_leaves_no_session_task_or_fd_behind() {
     let _one = ONE_AT_A_TIME.lock().await;
     // Resume on, with a 1 s grace: the sessions that close or drop stay detached for it, and
     // the drain (bounded by --drain-timeout, longer than the grace) waits until it ends them.
-    let gw = TestGateway::with(
+    let gw = Separate::start(
         common::sim_config(Duration::from_secs(30), 2),
         &["--resume-grace", "1s"],
     )
     .await;
     let args: Vec<String> = [
         "--url",
-        &format!("ws://{}", gw.addr),
+        &format!("ws://{}", gw.bin.addr),
         "--churn",
         "--churn-mix",
         "8,1,1",
@@ -183,7 +254,7 @@ async fn churn_leaves_no_session_task_or_fd_behind() {
         "--concurrency",
         "50",
         "--gateway-pid",
-        &std::process::id().to_string(),
+        &gw.pid(),
         "--settle",
         "100ms",
         "--drain-timeout",
@@ -244,8 +315,7 @@ async fn churn_leaves_no_session_task_or_fd_behind() {
     }
     // A leak per session would show as 300 or more. What may stay is the gateway's idle
     // upstream keep-alive connections (reqwest's pool lets them go after 90 s idle, later than
-    // this test waits): at most one per session that was open at once, each a task and an fd
-    // at both ends, gateway and simulator, which both live in this process.
+    // this test waits): at most one per session that was open at once, each a task and an fd.
     let peak = report["sessions"]["peak_open"].as_i64().unwrap_or(0);
     for key in ["leaked_tasks", "leaked_fds"] {
         let leaked = churn[key]
@@ -273,14 +343,14 @@ async fn seven_thousand_detach_resume_cycles_leave_no_session_task_or_fd_behind(
     let _one = ONE_AT_A_TIME.lock().await;
     // The default grace (120 s): the sessions must end by `cancel`, not by waiting it out.
     // QRs outlive the run, so every replay is the first QR again.
-    let gw = TestGateway::with(
+    let gw = Separate::start(
         common::sim_config(Duration::from_secs(120), 2),
         &["--resume-grace", "120s"],
     )
     .await;
     let args: Vec<String> = [
         "--url",
-        &format!("ws://{}", gw.addr),
+        &format!("ws://{}", gw.bin.addr),
         "--resume-cycles",
         &RESUME_CYCLES.to_string(),
         "--resume-hangup",
@@ -296,7 +366,7 @@ async fn seven_thousand_detach_resume_cycles_leave_no_session_task_or_fd_behind(
         "--concurrency",
         &RESUME_SESSIONS.to_string(),
         "--gateway-pid",
-        &std::process::id().to_string(),
+        &gw.pid(),
         "--settle",
         "100ms",
         "--drain-timeout",
@@ -351,6 +421,102 @@ async fn seven_thousand_detach_resume_cycles_leave_no_session_task_or_fd_behind(
             "{key} {leaked} with {peak} sessions open at most: {leak:#}"
         );
     }
+    gw.wait_for_no_sessions().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_mixes_every_role_scripts_faults_and_reads_the_gateway_over_time() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Two QRs of 1 s: the timeout sessions get theirs ~2 s in; a 1 s grace ends the hang-ups
+    // within the drain. The flatness verdicts are not asserted: 3 s of load has no steady state.
+    let gw = Separate::start(
+        common::sim_config(Duration::from_secs(1), 2),
+        &[
+            "--max-sessions-per-ip",
+            "1000",
+            "--sessions-per-ip-per-minute",
+            "100000",
+            "--resume-grace",
+            "1s",
+        ],
+    )
+    .await;
+    let args: Vec<String> = [
+        "--url",
+        &format!("ws://{}", gw.bin.addr),
+        "--sim-url",
+        &gw.sim.url(),
+        "--soak",
+        "--soak-mix",
+        "2,1,1,1",
+        "--soak-faults",
+        "5",
+        "--soak-sample-every",
+        "500ms",
+        "--soak-steady-after",
+        "0s",
+        "--soak-window",
+        "1s",
+        "--resume-cycles",
+        "1",
+        "--scan-after-ms",
+        "100",
+        "--timeout-wait",
+        "5s",
+        "--sessions",
+        "250",
+        "--rate",
+        "100/s",
+        "--concurrency",
+        "250",
+        "--gateway-pid",
+        &gw.pid(),
+        "--drain-timeout",
+        "10s",
+        "--duration-limit",
+        "30s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let report = load_within(&args, Duration::from_secs(60)).await;
+
+    let soak = &report["soak"];
+    let outcomes = &report["outcomes"];
+    for outcome in ["hung_up", "dropped", "cancelled", "account", "timeout"] {
+        assert!(
+            outcomes[outcome].as_u64().is_some_and(|n| n > 0),
+            "expected {outcome} sessions: {outcomes}"
+        );
+    }
+    assert!(
+        soak["faults"]["total"].as_u64().is_some_and(|n| n >= 5),
+        "faults scripted: {soak:#}"
+    );
+    assert_eq!(soak["faults"]["push_errors"], 0, "{soak:#}");
+    let points = soak["points"].as_array().expect("readings");
+    assert!(points.len() >= 5, "a reading every 500 ms: {soak:#}");
+    assert!(
+        points
+            .iter()
+            .any(|p| p["sessions_detached"].as_i64() > Some(0)),
+        "hang-ups detach: {soak:#}"
+    );
+    let verdicts = soak["verdicts"].as_array().expect("verdicts");
+    let criteria: Vec<&str> = verdicts
+        .iter()
+        .filter_map(|v| v["criterion"].as_str())
+        .collect();
+    assert_eq!(
+        criteria,
+        ["RSS flat", "fds flat", "tasks flat", "sessions"],
+        "{soak:#}"
+    );
+    assert_eq!(verdicts[3]["pass"], true, "{soak:#}");
+    assert_eq!(
+        soak["leaked_sessions"], 0,
+        "the drain ends them all: {soak:#}"
+    );
     gw.wait_for_no_sessions().await;
 }
 

@@ -2,6 +2,7 @@
 //! real HTTP to each other; a typed WebSocket client that speaks the protocol's frames.
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod binary;
 pub mod browser;
 pub mod scan;
 pub mod tcp_proxy;
