@@ -21,6 +21,7 @@
 # HTTP/2 connections to the simulator; 1.1 for a connection per pending poll), LOAD_ARGS
 # (extra qrlink-load flags, e.g. "--settle 12s"). Loopback only; needs `ulimit -n 20000` to be
 # allowed (it raises it).
+# The 30-minute soak of issue #14 is benches/soak.sh (its own ports, its own simulator settings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 20000

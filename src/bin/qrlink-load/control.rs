@@ -1,5 +1,5 @@
-//! The simulator's control API: scan an intent as a phone would, and read back its poll
-//! records, whose `started`/`ended` are Unix microseconds on this machine's clock.
+//! The simulator's control API: scan an intent as a phone would, script faults, and read back
+//! its poll records, whose `started`/`ended` are Unix microseconds on this machine's clock.
 
 use std::time::Duration;
 
@@ -64,6 +64,25 @@ impl SimControl {
             Ok(())
         } else {
             Err(format!("scan answered {}", resp.status().as_u16()))
+        }
+    }
+
+    /// `POST /_control/faults`: the next call to `endpoint` (`intent` or `checkpoint`), whatever
+    /// its intent, gets `fault` (the simulator's JSON, e.g. `{"kind":"stall"}`).
+    pub async fn push_fault(&self, endpoint: &str, fault: &str) -> Result<(), String> {
+        let body = format!(r#"{{"endpoint":"{endpoint}","fault":{fault}}}"#);
+        let resp = self
+            .http
+            .post(format!("{}/_control/faults", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("fault request: {}", short_error(&e)))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("fault answered {}", resp.status().as_u16()))
         }
     }
 

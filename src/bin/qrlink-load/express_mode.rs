@@ -79,8 +79,9 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                 Role::Hold => ctx.hold,
                 Role::Scan => ctx.scan_after,
                 Role::HangUp => ctx.hangup_after,
-                // Churn is refused in express mode; were it not, it would leave at once.
-                Role::Churn(_) | Role::Resume => Duration::ZERO,
+                // Churn and soak are refused in express mode; were they not, they would leave at
+                // once.
+                Role::Churn(_) | Role::Resume | Role::Timeout => Duration::ZERO,
             },
     );
     let mut scan: Option<JoinHandle<Result<(), String>>> = None;
@@ -114,7 +115,9 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                 () = sleep_until(timer.unwrap_or(qr_at).into()), if timer.is_some() => {
                     timer = None;
                     match role {
-                        Role::Hold | Role::Churn(_) | Role::Resume => return r.ended(End::HungUp),
+                        Role::Hold | Role::Churn(_) | Role::Resume | Role::Timeout => {
+                            return r.ended(End::HungUp);
+                        }
                         Role::HangUp => {
                             if let Some(sim) = &ctx.sim {
                                 // Keep driving the request while waiting: the peer only

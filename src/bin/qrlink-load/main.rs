@@ -13,9 +13,11 @@
 //!   leak verdicts.
 //! - `resume.rs`: `--resume-cycles`: sessions that hang up and resume (protocol v1.1), the
 //!   resume → replay latency, the checks on the replayed frame.
+//! - `soak.rs`: `--soak`: a long mixed load (hang-ups, resumes, scans, timeouts, scripted
+//!   upstream faults), the gateway read every few seconds, the flatness verdicts.
 //! - `session.rs`: roles, per-session results, the shared context and live counters.
 //! - `ws_mode.rs` / `express_mode.rs`: one simulated browser of each kind.
-//! - `control.rs`: the simulator's control API (scan, poll records).
+//! - `control.rs`: the simulator's control API (scan, faults, poll records).
 //! - `procfs.rs`: RSS, CPU and fds of a process.
 //! - `report.rs`: percentiles, the JSON report and the table.
 //! - `target.rs`: loopback checks, source addresses, bound connects.
@@ -28,6 +30,7 @@ mod procfs;
 mod report;
 mod resume;
 mod session;
+mod soak;
 mod target;
 mod ws_mode;
 
@@ -179,13 +182,44 @@ struct Args {
     /// Resume: hang-up → resume request (ms); 0 resumes at once, as a reload does.
     #[arg(long, default_value_t = 0)]
     resume_pause_ms: u64,
+    /// Soak (ws mode): every session takes a role from `--soak-mix`, upstream faults are
+    /// scripted on the simulator (`--soak-faults`, needs `--sim-url`), the gateway is read
+    /// every `--soak-sample-every`, and its RSS, fds and tasks must be flat: the mean over the
+    /// last `--soak-window` of the load within 10% of the mean over the window that starts at
+    /// `--soak-steady-after`. After the load it drains as in `--churn` (`--drain-timeout`).
+    #[arg(long)]
+    soak: bool,
+    /// Soak: weights of the roles, `hangup,resume,scan,timeout`: hang up after the first QR
+    /// (Close 1001 and dropped connection alternating) and leave the session to the grace;
+    /// `--resume-cycles` detach/resume cycles then `cancel`; scanned (`--scan-after-ms`);
+    /// wait for the provider's `timeout` (run the simulator with short `--qr-ttl`/`--qr-count`).
+    #[arg(long, default_value = "40,20,20,20", value_parser = soak::parse_mix)]
+    soak_mix: soak::Mix,
+    /// Soak: upstream faults scripted per second through the simulator's control API, in turn:
+    /// proxy errors, 5xx, 429 with Retry-After, stalls, `resource_not_found` on a poll, late
+    /// answers, delays (`soak::FAULTS`); 0 for none.
+    #[arg(long, default_value_t = 10.0)]
+    soak_faults: f64,
+    /// Soak: how often the gateway is read (RSS, fds, tasks, sessions).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    soak_sample_every: Duration,
+    /// Soak: when the first window starts, after the first session; the steady state, once
+    /// the detached sessions stop piling up (the gateway's grace, 120 s by default, and more).
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    soak_steady_after: Duration,
+    /// Soak: length of the first and last windows.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    soak_window: Duration,
+    /// Soak: how long a timeout session waits for its `timeout` frame after its first QR.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout_wait: Duration,
 }
 
 impl Args {
     /// Whether the run checks the gateway for leaks: churn, and resume runs where every session
     /// resumes (with held sessions around, the gateway cannot come back to its baseline).
     fn leak_check(&self) -> bool {
-        self.churn || (self.resume_cycles > 0 && self.resume_sample.is_none())
+        !self.soak && (self.churn || (self.resume_cycles > 0 && self.resume_sample.is_none()))
     }
 }
 
@@ -292,6 +326,20 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
             "--resume-cycles drives WebSocket sessions: ws mode, without --churn".to_owned(),
         );
     }
+    if args.soak && (args.mode != Mode::Ws || args.churn || args.resume_sample.is_some()) {
+        return Err(
+            "--soak drives WebSocket sessions: ws mode, without --churn or --resume-sample"
+                .to_owned(),
+        );
+    }
+    if args.soak && (sim.is_none() || args.scan_after_ms.is_none()) {
+        return Err(
+            "--soak scans and scripts faults: it needs --sim-url and --scan-after-ms".to_owned(),
+        );
+    }
+    if args.soak && !(args.soak_faults >= 0.0 && args.soak_faults.is_finite()) {
+        return Err("--soak-faults must be 0 or more per second".to_owned());
+    }
     if sim.is_none() && (args.scan_after_ms.is_some() || args.hangup_sample > 0) {
         return Err("scans and hang-up measurements need --sim-url".to_owned());
     }
@@ -324,6 +372,7 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
         scan_after: Duration::from_millis(args.scan_after_ms.unwrap_or(0)),
         hangup_after: Duration::from_millis(args.hangup_after_ms),
         step_timeout: args.step_timeout,
+        timeout_wait: args.timeout_wait,
         resume: resume::Plan {
             cycles: args.resume_cycles,
             hangup: args.resume_hangup,
@@ -335,9 +384,12 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
     })
 }
 
-/// The role of session `i`: churn exits by the mix; every session resumes without a resume
+/// The role of session `i`: soak roles by their mix; churn exits by the mix; every session resumes without a resume
 /// sample; otherwise samples spread evenly, scans first, then hang-ups, then resumes.
 fn role_of(args: &Args, i: u64) -> Role {
+    if args.soak {
+        return args.soak_mix.role_of(i);
+    }
     if args.churn {
         return Role::Churn(args.churn_mix.exit_of(i));
     }
@@ -459,6 +511,12 @@ async fn run(args: Args) -> Result<(), String> {
         }
         _ => None,
     };
+    // The soak's baseline: after the warm-up, whose sessions cancel, so the gateway is idle
+    // within moments.
+    let soak_before = match &gauges {
+        Some(g) if args.soak => Some(g.wait_idle(args.drain_timeout).await.0),
+        _ => None,
+    };
     let metrics_before = match (&churn_before, &gauges) {
         (Some(state), _) => state.metrics,
         (None, Some(g)) => g.scrape().await.ok(),
@@ -493,6 +551,28 @@ async fn run(args: Args) -> Result<(), String> {
         start,
     ));
 
+    let soak_points = Arc::new(Mutex::new(Vec::new()));
+    let injected = Arc::new(Mutex::new(soak::Injected::default()));
+    let (mut soak_reader, mut injector) = (None, None);
+    if let (true, Some(g)) = (args.soak, &gauges) {
+        let reader = churn::Gauges::new(g.url().to_owned(), args.gateway_pid)?;
+        soak_reader = Some(tokio::spawn(soak::sample(
+            reader,
+            args.soak_sample_every,
+            start,
+            ctx.clone(),
+            args.sim_pid,
+            soak_points.clone(),
+        )));
+        if let (true, Some(sim)) = (args.soak_faults > 0.0, ctx.sim.clone()) {
+            injector = Some(tokio::spawn(soak::inject(
+                sim,
+                args.soak_faults,
+                injected.clone(),
+            )));
+        }
+    }
+
     let run = pace(
         &args,
         &ctx,
@@ -502,12 +582,15 @@ async fn run(args: Args) -> Result<(), String> {
         &started_total,
     )
     .await;
+    if let Some(injector) = injector {
+        injector.abort();
+    }
     let (results, started, last_start, aborted) =
         (run.results, run.started, run.last_start, run.aborted);
     let ended = Instant::now();
     ramping.store(false, Ordering::Relaxed);
     // Churn: an event (the gateway idle, its tasks and fds back), not a fixed sleep.
-    let drain = match (&gauges, &churn_before) {
+    let drain = match (&gauges, churn_before.as_ref().or(soak_before.as_ref())) {
         (Some(g), Some(before)) => Some(g.drain(before, args.drain_timeout).await),
         _ => {
             tokio::time::sleep(args.settle).await;
@@ -515,6 +598,9 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     sampler.abort();
+    if let Some(reader) = soak_reader {
+        reader.abort();
+    }
     let after = (
         sample(args.gateway_pid, true),
         sample(args.sim_pid, true),
@@ -530,7 +616,10 @@ async fn run(args: Args) -> Result<(), String> {
     let mut report = summarize(
         &args, &ctx, &results, started, aborted, start, last_start, ended,
     );
-    cross_check(&ctx, &results, &mut report).await;
+    if !args.soak {
+        // Not in a soak: hundreds of thousands of scans to look up.
+        cross_check(&ctx, &results, &mut report).await;
+    }
     let readings = std::mem::take(&mut *readings.lock().unwrap_or_else(|p| p.into_inner()));
     report.sessions.peak_open = readings.peak_open;
     let plateau = readings.plateau.as_ref();
@@ -588,6 +677,32 @@ async fn run(args: Args) -> Result<(), String> {
             metrics_before,
             metrics_after,
             leak,
+        ));
+    }
+    if let (Some(before), Some(drain)) = (soak_before, drain) {
+        let settings = soak::Settings {
+            mix: args.soak_mix,
+            faults_per_s: args.soak_faults,
+            sample_every: args.soak_sample_every,
+            steady_after: args.soak_steady_after,
+            window: args.soak_window,
+            load: Duration::from_secs_f64(args.sessions as f64 / args.rate),
+        };
+        let points = std::mem::take(&mut *soak_points.lock().unwrap_or_else(|p| p.into_inner()));
+        let faults = injected.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let run = soak::Run {
+            started: report.sessions.started,
+            failed: report.sessions.failed,
+            aborted: report.sessions.aborted,
+        };
+        report.soak = Some(soak::SoakReport::new(
+            &settings,
+            faults,
+            points,
+            before,
+            drain,
+            readings.gateway_peak,
+            &run,
         ));
     }
     if let (true, Some(g), Some(before), Some(drain)) = (args.churn, &gauges, churn_before, drain) {

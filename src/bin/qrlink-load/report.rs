@@ -209,6 +209,9 @@ pub struct Report {
     /// Sessions the run left detached (protocol v1.1), and what they cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detached: Option<DetachedReport>,
+    /// `--soak`: the readings every `--soak-sample-every`, the windows and the flatness verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<crate::soak::SoakReport>,
 }
 
 /// Sessions the run left detached and what each costs the gateway. With resume on (the
@@ -414,6 +417,9 @@ impl Report {
         }
         if let Some(c) = &self.churn {
             c.table(&mut out);
+        }
+        if let Some(s) = &self.soak {
+            s.table(&mut out);
         }
         out
     }

@@ -22,6 +22,8 @@ pub enum Role {
     /// `--resume-cycles`: hangs up and resumes its session with `?resume=` again and again,
     /// then ends it (`crate::resume`).
     Resume,
+    /// `--soak`: waits for the provider's `timeout` frame (bounded by `timeout_wait`).
+    Timeout,
 }
 
 /// How a churn session leaves once it has its first QR.
@@ -172,6 +174,8 @@ pub struct Ctx {
     pub hangup_after: Duration,
     /// Bound on each step: connect, first QR, scan → account, close handshake.
     pub step_timeout: Duration,
+    /// How long `Timeout` sessions wait for the `timeout` frame after their first QR.
+    pub timeout_wait: Duration,
     /// What `Resume` sessions do.
     pub resume: crate::resume::Plan,
     /// Live counters.

@@ -243,6 +243,7 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
                 Role::Hold => ctx.hold,
                 Role::Scan => ctx.scan_after,
                 Role::HangUp => ctx.hangup_after,
+                Role::Timeout => ctx.timeout_wait,
                 Role::Churn(_) | Role::Resume => Duration::ZERO,
             },
     );
@@ -257,6 +258,7 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
                         hang_up(ws, true, ctx.step_timeout).await;
                         return End::HungUp;
                     }
+                    Role::Timeout => return End::Failed("no_timeout_frame".to_owned()),
                     Role::HangUp => {
                         if let (Some(sim), Some(id)) = (&ctx.sim, &r.intent_id)
                             && !sim.wait_for_pending_poll(id, ctx.step_timeout).await
