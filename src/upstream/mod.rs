@@ -335,9 +335,14 @@ impl UnipileClient {
             };
             let now = Instant::now();
             let deadline = *deadline.get_or_insert(now + self.retry.budget);
-            let delay = retry_after.unwrap_or_else(|| backoff(self.retry.base, attempts));
+            // `Retry-After` is a floor, never less than our own backoff: a `Retry-After: 0` or a
+            // date in the past once meant retrying at once, forever (the budget check below
+            // never saw a delay larger than what was left), hammering the upstream.
+            let backoff = backoff(self.retry.base, attempts);
+            let delay = retry_after.map_or(backoff, |after| after.max(backoff));
             // Not `now + delay`: a `Retry-After` of u64::MAX seconds overflows an Instant.
-            if delay > deadline.saturating_duration_since(now) {
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() || delay > left {
                 tracing::warn!(endpoint, attempts, %reason, "upstream retry budget exhausted");
                 return Err(match api {
                     Some(api) => Error::Api(api),
