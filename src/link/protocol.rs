@@ -213,6 +213,21 @@ pub mod codes {
     pub const UNSUPPORTED_STEP: &str = "gateway/unsupported_step";
     /// An operator cancelled the session.
     pub const CANCELLED: &str = "session/cancelled";
+    /// Every code of the gateway's own that a client may receive in an `error` frame (the
+    /// error schema lists exactly these; each has its own sentence).
+    pub const GATEWAY: [&str; 11] = [
+        UNKNOWN_PROVIDER,
+        UNAUTHORIZED,
+        INVALID_MESSAGE,
+        OVERLOADED,
+        RATE_LIMITED,
+        SESSION_EXPIRED,
+        SHUTTING_DOWN,
+        UPSTREAM_UNAVAILABLE,
+        UPSTREAM_INVALID,
+        UNSUPPORTED_STEP,
+        CANCELLED,
+    ];
     /// Unipile's code for a wrong checkpoint answer; the checkpoint is asked again.
     pub const INVALID_CHECKPOINT_CODE: &str = "provider/invalid_checkpoint_code";
     /// Unipile's own code for "nobody scanned in time"; becomes a `timeout` frame.
@@ -409,19 +424,7 @@ mod tests {
     #[test]
     fn every_gateway_code_has_its_own_sentence() {
         let generic = message_for("no/such_code");
-        for code in [
-            codes::UNKNOWN_PROVIDER,
-            codes::UNAUTHORIZED,
-            codes::INVALID_MESSAGE,
-            codes::OVERLOADED,
-            codes::RATE_LIMITED,
-            codes::SESSION_EXPIRED,
-            codes::SHUTTING_DOWN,
-            codes::UPSTREAM_UNAVAILABLE,
-            codes::UPSTREAM_INVALID,
-            codes::UNSUPPORTED_STEP,
-            codes::CANCELLED,
-        ] {
+        for code in codes::GATEWAY {
             assert_ne!(message_for(code), generic, "{code} has no sentence");
         }
     }
