@@ -358,22 +358,7 @@ async fn a_second_tab_resuming_the_attempt_leaves_the_first_elsewhere_until_it_c
             page.goto(&gw.url("/?provider=whatsapp")).await;
             page.wait_state("qr").await;
             let code = page.code().await;
-            let record: String = page
-                .js("return sessionStorage.getItem('qrlink.resume')")
-                .await;
-            let first_tab = page.client.window().await.unwrap();
-
-            // A second tab of the same origin, given the first tab's record (as a tab the
-            // browser duplicates would have it; sessionStorage is per tab).
-            page.new_tab().await;
-            page.goto_until(&gw.url("/config.json"), "config.json", "return true")
-                .await;
-            page.js_with::<Value>(
-                "sessionStorage.setItem('qrlink.resume', arguments[0]); return null",
-                vec![json!(record)],
-            )
-            .await;
-            page.goto(&gw.url("/")).await;
+            let first_tab = open_a_second_tab_with_this_tabs_record(page, &gw).await;
             page.wait_until(
                 "the second tab to take the attempt",
                 "app.dataset.state === 'qr' && app.dataset.resumes === '1'",
@@ -433,20 +418,7 @@ async fn continuing_a_telegram_password_step_here_comes_back_to_the_form_never_t
                 .scan(&intents[0])
                 .expect("the simulator takes the scan");
             page.wait_state("checkpoint").await;
-            let record: String = page
-                .js("return sessionStorage.getItem('qrlink.resume')")
-                .await;
-            let first_tab = page.client.window().await.unwrap();
-
-            page.new_tab().await;
-            page.goto_until(&gw.url("/config.json"), "config.json", "return true")
-                .await;
-            page.js_with::<Value>(
-                "sessionStorage.setItem('qrlink.resume', arguments[0]); return null",
-                vec![json!(record)],
-            )
-            .await;
-            page.goto(&gw.url("/")).await;
+            let first_tab = open_a_second_tab_with_this_tabs_record(page, &gw).await;
             page.wait_until(
                 "the second tab at the password step",
                 "app.dataset.state === 'checkpoint' && app.dataset.resumes === '1'",
@@ -561,6 +533,29 @@ async fn the_dashboard_shows_a_session_whose_client_went_away_as_detached_and_ba
 
 // ------------------------------------------------------------------------------------------
 // The gateway
+
+/// Opens the page in a second tab of the same origin, given this tab's resume record (as a tab
+/// the browser duplicates would have it; sessionStorage is per tab), and returns the first
+/// tab's handle. The second tab is left current.
+async fn open_a_second_tab_with_this_tabs_record(
+    page: &Page,
+    gw: &DemoGateway,
+) -> fantoccini::wd::WindowHandle {
+    let record: String = page
+        .js("return sessionStorage.getItem('qrlink.resume')")
+        .await;
+    let first_tab = page.client.window().await.unwrap();
+    page.new_tab().await;
+    page.goto_until(&gw.url("/config.json"), "config.json", "return true")
+        .await;
+    page.js_with::<Value>(
+        "sessionStorage.setItem('qrlink.resume', arguments[0]); return null",
+        vec![json!(record)],
+    )
+    .await;
+    page.goto(&gw.url("/")).await;
+    first_tab
+}
 
 /// The one session the gateway holds.
 fn only_session(state: &AppState) -> SessionInfo {
