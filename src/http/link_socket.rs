@@ -23,7 +23,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 use tungstenite::Message;
@@ -33,12 +32,13 @@ use tungstenite::protocol::frame::{CloseFrame, Frame};
 
 use crate::http::auth;
 use crate::http::upgrade::{Socket, Upgrade};
+use crate::link::mailbox::mailbox;
 use crate::link::protocol::{
     ClientFrame, Envelope, ErrorFrame, MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close, codes,
 };
 use crate::link::{self, LinkRequest, QrFormats};
 use crate::state::AppState;
-use crate::store::{Attachment, Denied, Outcome, ResumeRefused, Resumed};
+use crate::store::{Attachment, Denied, Interrupt, Outcome, ResumeRefused, Resumed};
 
 /// Frames the link attempt may queue ahead of the socket. Small: a client that does not read
 /// stalls its own attempt, never the gateway.
@@ -309,8 +309,8 @@ async fn session_loop(
             return;
         }
     }
-    let (frames_tx, mut frames_rx) = mpsc::channel(FRAME_QUEUE);
-    let (codes_tx, codes_rx) = mpsc::channel(CODE_QUEUE);
+    let (frames_tx, mut frames_rx) = mailbox(FRAME_QUEUE);
+    let (codes_tx, codes_rx) = mailbox(CODE_QUEUE);
     // Boxed so it can be dropped (aborting its upstream request) before anything else.
     let mut attempt = Box::pin(link::run(
         &state.upstream,
@@ -335,10 +335,10 @@ async fn session_loop(
             _ = state.shutdown.cancelled() => {
                 break Leave::error(codes::SHUTTING_DOWN, true, close::GOING_AWAY);
             }
-            _ = session.cancel.cancelled() => {
-                break Leave::error(codes::CANCELLED, true, close::NORMAL);
-            }
-            _ = session.takeover.cancelled() => break Leave::TakenOver,
+            why = session.interrupted() => match why {
+                Interrupt::Cancelled => break Leave::error(codes::CANCELLED, true, close::NORMAL),
+                Interrupt::TakenOver => break Leave::TakenOver,
+            },
             () = &mut deadline => {
                 break Leave::error(codes::SESSION_EXPIRED, true, close::NORMAL);
             }
@@ -405,7 +405,7 @@ async fn session_loop(
             Leave::Detach => {
                 // Frames the attempt queued that never went out: the last one is what a resume
                 // replays (a terminal one ends the session instead).
-                while let Ok(frame) = frames_rx.try_recv() {
+                while let Some(frame) = frames_rx.try_recv() {
                     let env = session.record(*frame);
                     session.publish_frame(env);
                 }

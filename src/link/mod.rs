@@ -5,12 +5,12 @@
 //! which closes its connection at once (reqwest/hyper do not reuse a connection whose response
 //! was abandoned).
 
+pub mod mailbox;
 pub mod protocol;
 
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use crate::link::protocol::{
     CheckpointError, ErrorFrame, MAX_CHECKPOINT_ATTEMPTS, QrFrame, ServerFrame, codes, message_for,
@@ -86,13 +86,12 @@ pub struct LinkRequest {
     pub qr_ttl: Duration,
 }
 
-/// Where a link attempt sends its frames. Boxed: a channel allocates whole blocks of slots,
-/// and a pointer-sized slot keeps that allocation small for every open session.
-pub type Frames = mpsc::Sender<Box<ServerFrame>>;
+/// Where a link attempt sends its frames ([`mailbox`]: small, as every open session holds
+/// one). Boxed: a frame waiting in the queue costs a pointer there.
+pub type Frames = mailbox::Sender<Box<ServerFrame>>;
 
-/// Where a link attempt receives the client's checkpoint answers; boxed for the same reason
-/// (a `String` slot would make the block 768 bytes for a channel most sessions never use).
-pub type Codes = mpsc::Receiver<Box<String>>;
+/// Where a link attempt receives the client's checkpoint answers.
+pub type Codes = mailbox::Receiver<Box<String>>;
 
 /// `send` with the boxing done here, so call sites read as plain sends.
 trait SendBoxed {
@@ -363,7 +362,7 @@ impl Asking {
         };
         if let Show::Ask(error) = show {
             // Codes typed before this checkpoint was shown answer nothing.
-            while codes.try_recv().is_ok() {}
+            while codes.try_recv().is_some() {}
             let frame = ServerFrame::Checkpoint {
                 checkpoint: checkpoint.clone(),
                 error,

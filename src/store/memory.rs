@@ -6,9 +6,14 @@
 //! at attach and detach, never across an await. A detached session keeps no socket and no
 //! upstream request: its record, the QR string to render again on replay, and one sleeping timer
 //! task (benches/README.md, "Resume", for what that costs).
+//!
+//! Every attached session pays for what resume keeps, so the record is kept small: one `Notify`
+//! and two atomics instead of a cancellation token per cancel and per takeover (each a 100-byte
+//! allocation), the last frame packed into one allocation, the resume secret inline, and the
+//! attempt's cursor only while detached (an attached socket holds its own).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +28,7 @@ use super::{
     Outcome, Phase, ResumeRefused, Resumed, SessionInfo, StoreConfig, WATCH_BUFFER, WatchEvent,
 };
 use crate::link::protocol::{Envelope, QrFrame, ServerFrame, codes};
+
 use crate::link::{self, Cursor, LinkRequest, QrFormats};
 use crate::secret;
 
@@ -64,20 +70,23 @@ pub struct Session {
     pub started_at: SystemTime,
     /// Monotonic start, for durations and the attempt's deadline.
     pub started: Instant,
-    /// Cancelled by an operator (`DELETE /api/sessions/{id}`).
-    pub cancel: CancellationToken,
-    /// The secret half of the resume token; `None` when resume is off.
-    resume_secret: Option<Box<str>>,
+    /// The secret half of the resume token (base62); `None` when resume is off.
+    resume_secret: Option<[u8; RESUME_SECRET_LEN]>,
     /// QR codes shown so far.
     rotation: AtomicU32,
     /// A [`Phase`] as u8, so snapshots read it without a lock.
     phase: AtomicU8,
+    /// Cancelled by an operator (`DELETE /api/sessions/{id}`).
+    cancelled: AtomicBool,
+    /// The ticket of the attachment asked to let go by a resume (takeover); 0 = none.
+    evict: AtomicU32,
     /// Set once, by whatever ends the session first; unset at the end means `disconnected`.
     outcome: OnceLock<(Outcome, Option<String>)>,
     /// What a resume needs, and which socket holds the session.
     record: Mutex<Record>,
-    /// Woken when the attached socket lets go (detach or end), for a takeover waiting on it.
-    released: Notify,
+    /// Woken on every change someone may wait for: a cancel or a takeover (the attached socket
+    /// waits), the socket letting go or the session ending (a resume waits).
+    changed: Notify,
 }
 
 /// A session's resumable state.
@@ -85,20 +94,50 @@ pub struct Session {
 struct Record {
     /// The last frame's `seq`.
     seq: u64,
-    /// The last `qr` or `checkpoint` frame as sent (its `seq` and the frame), without QR
-    /// renderings: the session id and token are the session's own.
-    last: Option<(u64, ServerFrame)>,
-    /// The string the last QR encodes, rendered again on replay (a rendered SVG is 4–5 KB; the
-    /// string is 50–250 bytes).
-    qrcode: Option<String>,
-    /// Where the attempt stands, for the next socket.
-    cursor: Cursor,
+    /// The last `qr` or `checkpoint` frame as sent, for a replay.
+    last: Option<Last>,
+    /// Where the attempt stood when its socket let go; taken by the next socket.
+    cursor: Option<Box<Cursor>>,
     /// What the attempt links and how its QR is rendered.
     request: Arc<LinkRequest>,
-    /// The attached socket's takeover signal; `None` while detached.
-    attached: Option<CancellationToken>,
+    /// The attached socket's ticket; `None` while detached.
+    holder: Option<u32>,
+    /// The last ticket handed out.
+    tickets: u32,
     /// The grace timer of a detached session.
     timer: Option<AbortHandle>,
+}
+
+/// The last `qr` or `checkpoint` frame as it was sent, without QR renderings: the session id
+/// and token are the session's own.
+#[derive(Debug)]
+struct Last {
+    seq: u64,
+    frame: Kept,
+}
+
+#[derive(Debug)]
+enum Kept {
+    /// A `qr` frame: its intent id, `expires_at` and the string it encodes (rendered again on
+    /// replay: a rendered SVG is 4–5 KB, the string 50–250 bytes), packed in one allocation.
+    Qr {
+        rotation: u32,
+        intent_len: u32,
+        expires_len: u32,
+        has_code: bool,
+        packed: Box<str>,
+    },
+    /// A `checkpoint` frame (rare, so boxed to keep the record small).
+    Checkpoint(Box<ServerFrame>),
+}
+
+/// Why an attached socket must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// An operator cancelled the session.
+    Cancelled,
+    /// A resume took the session over.
+    TakenOver,
 }
 
 /// A socket's hold on a session. Dropped without [`Attachment::end`] or
@@ -108,8 +147,8 @@ struct Record {
 pub struct Attachment {
     store: Arc<Memory>,
     session: Arc<Session>,
-    /// Cancelled when another socket resumes the session: this one must let go.
-    pub takeover: CancellationToken,
+    /// This socket's ticket: a resume elsewhere asks it to let go by naming it.
+    ticket: u32,
     settled: bool,
 }
 
@@ -164,29 +203,28 @@ impl Memory {
         client: SocketAddr,
         request: LinkRequest,
     ) -> Attachment {
-        let takeover = CancellationToken::new();
         let session = Arc::new(Session {
             id: secret::random_base62("ses_", 20),
             provider: request.provider.clone(),
             client,
             started_at: SystemTime::now(),
             started: Instant::now(),
-            cancel: CancellationToken::new(),
-            resume_secret: (!store.grace.is_zero())
-                .then(|| secret::random_base62("", RESUME_SECRET_LEN).into_boxed_str()),
+            resume_secret: (!store.grace.is_zero()).then(new_resume_secret),
             rotation: AtomicU32::new(0),
             phase: AtomicU8::new(Phase::Starting as u8),
+            cancelled: AtomicBool::new(false),
+            evict: AtomicU32::new(0),
             outcome: OnceLock::new(),
             record: Mutex::new(Record {
                 seq: 0,
                 last: None,
-                qrcode: None,
-                cursor: Cursor::default(),
+                cursor: None,
                 request: Arc::new(request),
-                attached: Some(takeover.clone()),
+                holder: Some(1),
+                tickets: 1,
                 timer: None,
             }),
-            released: Notify::new(),
+            changed: Notify::new(),
         });
         store.sessions.insert(session.id.clone(), session.clone());
         store.count.send_modify(|n| *n += 1);
@@ -201,7 +239,7 @@ impl Memory {
         Attachment {
             store: store.clone(),
             session,
-            takeover,
+            ticket: 1,
             settled: false,
         }
     }
@@ -230,19 +268,18 @@ impl Memory {
             .ok_or_else(|| refused(ResumeRefused::Expired))?;
         let matches = session
             .resume_secret
-            .as_deref()
-            .is_some_and(|s| secret::constant_time_eq(s.as_bytes(), secret.as_bytes()));
+            .as_ref()
+            .is_some_and(|s| secret::constant_time_eq(s, secret.as_bytes()));
         if !matches {
             return Err(refused(ResumeRefused::Expired));
         }
         if session.provider != provider {
             return Err(refused(ResumeRefused::WrongProvider));
         }
-        let takeover = CancellationToken::new();
         let mut took_over = false;
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
-        let replay = loop {
-            let released = session.released.notified();
+        let (replay, ticket) = loop {
+            let released = session.changed.notified();
             tokio::pin!(released);
             // Registered before the record is looked at, so a release in between is not missed.
             released.as_mut().enable();
@@ -251,12 +288,16 @@ impl Memory {
                 if session.outcome.get().is_some() || !store.sessions.contains_key(id) {
                     return Err(refused(ResumeRefused::Expired));
                 }
-                match &record.attached {
+                match record.holder {
                     None => {
                         let Some(replay) = record.replay(&session.id, formats, token) else {
                             return Err(refused(ResumeRefused::Expired));
                         };
-                        record.attached = Some(takeover.clone());
+                        // Never 0, which means "nobody" in `evict`.
+                        record.tickets = record.tickets.checked_add(1).unwrap_or(1);
+                        let ticket = record.tickets;
+                        record.holder = Some(ticket);
+                        session.evict.store(0, Ordering::Release);
                         if let Some(f) = formats {
                             let mut request = (*record.request).clone();
                             request.formats = f;
@@ -270,10 +311,13 @@ impl Memory {
                             ServerFrame::Checkpoint { .. } => Phase::Checkpoint,
                             _ => Phase::Qr,
                         });
-                        break replay;
+                        break (replay, ticket);
                     }
                     Some(current) => {
-                        current.cancel();
+                        // Asked once: the wake-up would otherwise wake this loop too, forever.
+                        if session.evict.swap(current, Ordering::AcqRel) != current {
+                            session.changed.notify_waiters();
+                        }
                         took_over = true;
                     }
                 }
@@ -294,7 +338,7 @@ impl Memory {
             attachment: Attachment {
                 store: store.clone(),
                 session,
-                takeover,
+                ticket,
                 settled: false,
             },
             replay,
@@ -304,7 +348,8 @@ impl Memory {
     pub(super) fn cancel(&self, id: &str) -> bool {
         match self.sessions.get(id) {
             Some(s) => {
-                s.cancel.cancel();
+                s.cancelled.store(true, Ordering::Release);
+                s.changed.notify_waiters();
                 true
             }
             None => false,
@@ -322,13 +367,13 @@ impl Memory {
     fn detach(store: &Arc<Memory>, session: &Arc<Session>, cursor: Cursor) {
         {
             let mut record = session.lock();
-            record.attached = None;
+            record.holder = None;
             let resumable = session.resume_secret.is_some()
                 && record.last.is_some()
                 && session.outcome.get().is_none()
                 && !store.shutdown.is_cancelled();
             if resumable {
-                record.cursor = cursor;
+                record.cursor = Some(Box::new(cursor));
                 session.set_phase(Phase::Detached);
                 record.timer = Some(Memory::start_grace(store, session));
                 metrics::gauge!("qrlink_sessions_detached").increment(1.0);
@@ -339,7 +384,7 @@ impl Memory {
                 return;
             }
         }
-        session.released.notify_waiters();
+        session.changed.notify_waiters();
         store.publish(|| WatchEvent::Detached {
             session: session.id.clone(),
             at: rfc3339(SystemTime::now()),
@@ -355,13 +400,13 @@ impl Memory {
         let timer = tracker.spawn(async move {
             let outcome = tokio::select! {
                 () = tokio::time::sleep(grace) => Outcome::Disconnected,
-                () = session.cancel.cancelled() => Outcome::Cancelled,
+                () = session.cancelled() => Outcome::Cancelled,
                 () = store.shutdown.cancelled() => Outcome::Shutdown,
             };
             {
                 let mut record = session.lock();
                 // A resume that won the race attached it; it is not ours to end.
-                if record.attached.is_some() || record.timer.take().is_none() {
+                if record.holder.is_some() || record.timer.take().is_none() {
                     return;
                 }
             }
@@ -391,7 +436,7 @@ impl Memory {
             "provider" => provider, "outcome" => outcome.as_str())
         .increment(1);
         // A resume waiting on this session finds it ended.
-        session.released.notify_waiters();
+        session.changed.notify_waiters();
         self.publish(|| WatchEvent::Closed {
             session: session.id.clone(),
             outcome,
@@ -405,16 +450,74 @@ impl Record {
     /// The last `qr` or `checkpoint` frame as it was sent, for a socket that resumes with
     /// `formats` (default: the session's): the QR rendered again, `replay` and the token set.
     fn replay(&self, id: &str, formats: Option<QrFormats>, token: &str) -> Option<Envelope> {
-        let (seq, frame) = self.last.clone()?;
-        let mut env = Envelope::new(id, seq, frame);
-        if let (ServerFrame::Qr(q), Some(qrcode)) = (&mut env.frame, &self.qrcode) {
-            let formats = formats.unwrap_or(self.request.formats);
-            // It rendered when it was first sent; the same string renders the same way.
-            link::render_qr(q, qrcode, formats).ok()?;
-        }
+        let last = self.last.as_ref()?;
+        let frame = match &last.frame {
+            Kept::Checkpoint(frame) => (**frame).clone(),
+            Kept::Qr { rotation, .. } => {
+                let (intent_id, expires_at, qrcode) = last.frame.qr_parts()?;
+                let mut q = QrFrame {
+                    rotation: *rotation,
+                    intent_id: intent_id.to_owned(),
+                    expires_at: expires_at.to_owned(),
+                    svg: None,
+                    text: None,
+                    raw: None,
+                };
+                if let Some(qrcode) = qrcode {
+                    let formats = formats.unwrap_or(self.request.formats);
+                    // It rendered when it was first sent; the same string renders the same way.
+                    link::render_qr(&mut q, qrcode, formats).ok()?;
+                }
+                ServerFrame::Qr(q)
+            }
+        };
+        let mut env = Envelope::new(id, last.seq, frame);
         env.replay = true;
         env.resume = Some(token.to_owned());
         Some(env)
+    }
+}
+
+impl Kept {
+    /// The frame to keep of `frame` (with `qrcode`, the string a `qr` frame encodes); `None`
+    /// for frames a resume does not replay.
+    fn of(frame: &ServerFrame, qrcode: Option<String>) -> Option<Kept> {
+        match frame {
+            ServerFrame::Qr(q) => {
+                let code = qrcode.as_deref().unwrap_or("");
+                let mut packed =
+                    String::with_capacity(q.intent_id.len() + q.expires_at.len() + code.len());
+                packed.push_str(&q.intent_id);
+                packed.push_str(&q.expires_at);
+                packed.push_str(code);
+                Some(Kept::Qr {
+                    rotation: q.rotation,
+                    intent_len: u32::try_from(q.intent_id.len()).ok()?,
+                    expires_len: u32::try_from(q.expires_at.len()).ok()?,
+                    has_code: qrcode.is_some(),
+                    packed: packed.into_boxed_str(),
+                })
+            }
+            ServerFrame::Checkpoint { .. } => Some(Kept::Checkpoint(Box::new(frame.clone()))),
+            _ => None,
+        }
+    }
+
+    /// A kept `qr` frame's intent id, `expires_at` and encoded string.
+    fn qr_parts(&self) -> Option<(&str, &str, Option<&str>)> {
+        let Kept::Qr {
+            intent_len,
+            expires_len,
+            has_code,
+            packed,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let (intent_id, rest) = packed.split_at_checked(*intent_len as usize)?;
+        let (expires_at, code) = rest.split_at_checked(*expires_len as usize)?;
+        Some((intent_id, expires_at, has_code.then_some(code)))
     }
 }
 
@@ -422,6 +525,30 @@ impl Session {
     fn lock(&self) -> MutexGuard<'_, Record> {
         // A panic while holding it leaves the record as consistent as any single field write.
         self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an operator cancelled the session.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Resolves once an operator cancels the session.
+    pub async fn cancelled(&self) {
+        self.wait_until(Session::is_cancelled).await;
+    }
+
+    /// Resolves once `done` holds; it is looked at again after every change announced on
+    /// `changed`, having registered for the next one first, so none is missed.
+    async fn wait_until(&self, done: impl Fn(&Session) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Records a state change.
@@ -497,9 +624,29 @@ impl Attachment {
         self.session.lock().request.clone()
     }
 
-    /// Where the attempt stands: where this socket's attempt picks up.
+    /// Where the attempt stands: where this socket's attempt picks up (taken: the socket keeps
+    /// it current and hands it back on [`Attachment::detach`]).
     pub fn cursor(&self) -> Cursor {
-        self.session.lock().cursor.clone()
+        self.session
+            .lock()
+            .cursor
+            .take()
+            .map(|c| *c)
+            .unwrap_or_default()
+    }
+
+    /// Resolves when this socket must stop: an operator cancelled the session, or a resume
+    /// elsewhere took it over. Cancel-safe; one waiter registration for both.
+    pub async fn interrupted(&self) -> Interrupt {
+        let ticket = self.ticket;
+        self.session
+            .wait_until(|s| s.is_cancelled() || s.evict.load(Ordering::Acquire) == ticket)
+            .await;
+        if self.session.is_cancelled() {
+            Interrupt::Cancelled
+        } else {
+            Interrupt::TakenOver
+        }
     }
 
     /// Numbers a frame about to be sent and records what it means: phase, outcome, metrics,
@@ -516,27 +663,16 @@ impl Attachment {
         };
         record.seq += 1;
         let mut env = Envelope::new(self.session.id.clone(), record.seq, frame);
-        let resumable = matches!(
-            env.frame,
-            ServerFrame::Qr(_) | ServerFrame::Checkpoint { .. }
-        );
-        if let (true, Some(secret)) = (resumable, &self.session.resume_secret) {
-            // Without its renderings: cloning the frame whole would copy the 4–5 KB SVG for
-            // every QR only to drop it.
-            let kept = match &env.frame {
-                ServerFrame::Qr(q) => ServerFrame::Qr(QrFrame {
-                    rotation: q.rotation,
-                    intent_id: q.intent_id.clone(),
-                    expires_at: q.expires_at.clone(),
-                    svg: None,
-                    text: None,
-                    raw: None,
-                }),
-                other => other.clone(),
-            };
-            record.last = Some((env.seq, kept));
-            record.qrcode = qrcode;
-            env.resume = Some(format!("{}.{secret}", self.session.id));
+        if let Some(secret) = &self.session.resume_secret {
+            // Without its renderings: the frame whole would keep the 4–5 KB SVG.
+            if let Some(kept) = Kept::of(&env.frame, qrcode) {
+                record.last = Some(Last {
+                    seq: env.seq,
+                    frame: kept,
+                });
+                let secret = std::str::from_utf8(secret).unwrap_or_default();
+                env.resume = Some(format!("{}.{secret}", self.session.id));
+            }
         }
         env
     }
@@ -580,6 +716,13 @@ impl Drop for Attachment {
 fn parse_resume_token(token: &str) -> Option<(&str, &str)> {
     let (id, secret) = token.split_once('.')?;
     (id.starts_with("ses_") && !secret.is_empty()).then_some((id, secret))
+}
+
+/// A new resume secret: base62, so its bytes are ASCII.
+fn new_resume_secret() -> [u8; RESUME_SECRET_LEN] {
+    let mut out = [0; RESUME_SECRET_LEN];
+    out.copy_from_slice(secret::random_base62("", RESUME_SECRET_LEN).as_bytes());
+    out
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -672,9 +815,10 @@ mod tests {
     async fn cancel_reaches_the_session_token() {
         let store = store(Duration::ZERO);
         let a = store.open(addr(), request("telegram"));
-        assert!(!a.cancel.is_cancelled());
+        assert!(!a.is_cancelled());
         assert!(store.cancel(&a.id));
-        assert!(a.cancel.is_cancelled());
+        assert!(a.is_cancelled());
+        assert_eq!(a.interrupted().await, Interrupt::Cancelled);
         assert!(!store.cancel("ses_nope"));
     }
 
@@ -817,15 +961,17 @@ mod tests {
         let store = store(Duration::from_secs(60));
         let a = store.open(addr(), request("whatsapp"));
         let token = a.record(qr(1)).resume.unwrap();
-        let takeover = a.takeover.clone();
         let resuming = tokio::spawn({
             let store = store.clone();
             async move { store.resume(&token, "whatsapp", None).await }
         });
-        takeover.cancelled().await;
+        assert_eq!(a.interrupted().await, Interrupt::TakenOver);
         a.detach(poll_cursor(1));
         let resumed = resuming.await.unwrap().unwrap();
-        assert!(!resumed.attachment.takeover.is_cancelled());
+        // The new socket is not asked to stop, and picks up where the old one let go.
+        let interrupted = resumed.attachment.interrupted();
+        assert_eq!(futures_util::FutureExt::now_or_never(interrupted), None);
+        assert_eq!(resumed.attachment.cursor(), poll_cursor(1));
         assert_eq!(store.len(), 1);
         resumed.attachment.end();
     }

@@ -26,7 +26,7 @@ use crate::link::protocol::Envelope;
 use crate::link::{LinkRequest, QrFormats};
 
 pub use limits::{Denied, Permit};
-pub use memory::{Attachment, Session};
+pub use memory::{Attachment, Interrupt, Session};
 
 /// Events buffered per watcher before a slow one starts losing them (and is told so with a
 /// `lagged` event). Link attempts never wait for watchers.
