@@ -201,6 +201,19 @@ pub struct Config {
     #[arg(long, env = "QRLINK_RESUME_GRACE", default_value = "120s", value_parser = parse_duration)]
     pub resume_grace: Duration,
 
+    /// Cluster mode: the Redis every node shares (`redis://` or `rediss://`; Redis 7 or Valkey).
+    /// Unset: one process, everything in memory.
+    #[arg(long, env = "QRLINK_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// This node's name in cluster mode (default: host name and pid).
+    #[arg(long, env = "QRLINK_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Prefix of every Redis key in cluster mode.
+    #[arg(long, env = "QRLINK_REDIS_PREFIX", default_value = "qrlink:")]
+    pub redis_prefix: String,
+
     /// Longest a link attempt may last, whatever the upstream does.
     #[arg(long, env = "QRLINK_MAX_ATTEMPT_DURATION", default_value = "10m", value_parser = parse_duration)]
     pub max_attempt_duration: Duration,

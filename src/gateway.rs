@@ -22,6 +22,7 @@ use crate::config::{Config, QrTtl, UpstreamHttp};
 use crate::http::{SIMULATOR_MOUNT, router};
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::AppState;
+use crate::store::cluster::{Cluster, ClusterConfig, default_node_id};
 use crate::store::{Store, StoreConfig};
 use crate::upstream::{self, HttpVersion, RetryPolicy, Timeouts, UnipileClient};
 
@@ -98,7 +99,22 @@ impl Gateway {
         crate::metrics::install();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let store = Store::memory(
+        let cluster = match &config.redis_url {
+            Some(url) => Some(
+                Cluster::new(
+                    &ClusterConfig {
+                        url: url.clone(),
+                        node: config.node_id.clone().unwrap_or_else(default_node_id),
+                        prefix: config.redis_prefix.clone(),
+                    },
+                    config.resume_grace,
+                    config.max_attempt_duration,
+                )
+                .map_err(upstream::BuildError::Cluster)?,
+            ),
+            None => None,
+        };
+        let store = Store::new(
             StoreConfig {
                 resume_grace: config.resume_grace,
                 max_sessions: config.max_sessions,
@@ -107,6 +123,7 @@ impl Gateway {
             },
             tracker.clone(),
             shutdown.clone(),
+            cluster,
         );
         Ok(Gateway {
             state: Arc::new(AppState {
@@ -213,6 +230,8 @@ impl Gateway {
             });
         }
         drop(listener);
+        // In cluster mode, what the sessions left for other nodes must reach Redis first.
+        state.store.flush(grace).await;
         connections.close();
         if tokio::time::timeout(grace, connections.wait())
             .await

@@ -60,7 +60,7 @@ pub async fn list_providers(State(state): State<Arc<AppState>>) -> Json<serde_js
 
 /// `GET /api/sessions`: a snapshot of the open sessions.
 pub async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "sessions": state.store.snapshot() }))
+    Json(json!({ "sessions": state.store.snapshot_all().await }))
 }
 
 /// `DELETE /api/sessions/{id}`: 204, or 404 when no such session is open.
@@ -68,7 +68,7 @@ pub async fn cancel_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Response {
-    if state.store.cancel(&id) {
+    if state.store.cancel(&id).await {
         StatusCode::NO_CONTENT.into_response()
     } else {
         (

@@ -124,6 +124,9 @@ enum Leave {
     Detach,
     /// Another socket resumed the session: this one closes 4000, with no terminal frame.
     TakenOver,
+    /// The gateway shuts down in cluster mode: the session detaches, to be resumed on another
+    /// node, and the socket closes 1012 (service restart) with no terminal frame.
+    Restart,
 }
 
 impl Leave {
@@ -333,6 +336,9 @@ async fn session_loop(
         tokio::select! {
             biased;
             _ = state.shutdown.cancelled() => {
+                if state.store.is_cluster() {
+                    break Leave::Restart;
+                }
                 break Leave::error(codes::SHUTTING_DOWN, true, close::GOING_AWAY);
             }
             why = session.interrupted() => match why {
@@ -417,6 +423,11 @@ async fn session_loop(
                 session.detach(cursor);
                 close_socket(socket, close::RESUMED_ELSEWHERE, "resumed elsewhere").await;
             }
+            Leave::Restart => {
+                tracing::info!("node shutting down; left for another node");
+                session.detach(cursor);
+                close_socket(socket, close::SERVICE_RESTART, "service restart").await;
+            }
             Leave::End { error, close_code } => {
                 if let Some(error) = error {
                     tracing::info!(code = %error.code, "session ended by the gateway");
@@ -482,6 +493,9 @@ async fn emit(
     frame: ServerFrame,
 ) -> Result<(), ()> {
     let envelope = session.record(frame);
+    // Cluster mode: the record reaches Redis before the frame leaves, so a resume on another
+    // node finds what the page shows; a slow Redis holds it up briefly, never longer.
+    session.written().await;
     let sent = send_frame(socket, state.config.client_timeout, &envelope).await;
     session.publish_frame(envelope);
     sent

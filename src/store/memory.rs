@@ -23,6 +23,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cluster::{Adopted, ClaimError, Cluster, WireLast};
 use super::limits::Limits;
 use super::{
     Outcome, Phase, ResumeRefused, Resumed, SessionInfo, StoreConfig, WATCH_BUFFER, WatchEvent,
@@ -34,6 +35,9 @@ use crate::secret;
 
 /// Random base62 characters of a resume secret: 24 of them, about 142 bits.
 const RESUME_SECRET_LEN: usize = 24;
+
+/// How long a frame waits for its record to reach Redis (cluster mode) before it goes anyway.
+const WRITE_WAIT: Duration = Duration::from_millis(50);
 
 /// How long a resume waits for the socket it takes over to let go of the session. That socket
 /// only has to drop its attempt, which never waits on anything; this bounds a wedged task.
@@ -53,8 +57,11 @@ pub struct Memory {
     grace: Duration,
     /// The gateway's socket tasks; the grace timers join them so shutdown waits for them too.
     tracker: TaskTracker,
-    /// The gateway's shutdown: detached sessions end at once.
+    /// The gateway's shutdown: detached sessions end at once (in cluster mode they are left in
+    /// Redis for another node).
     shutdown: CancellationToken,
+    /// Cluster mode: what other nodes need of this node's sessions goes to Redis.
+    pub(super) cluster: Option<Arc<Cluster>>,
 }
 
 /// One link attempt, attached to a socket or detached.
@@ -157,6 +164,7 @@ impl Memory {
         config: StoreConfig,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        cluster: Option<Arc<Cluster>>,
     ) -> Memory {
         let limits = Limits::new(
             config.max_sessions,
@@ -172,6 +180,7 @@ impl Memory {
             grace: config.resume_grace,
             tracker,
             shutdown,
+            cluster,
         }
     }
 
@@ -230,6 +239,16 @@ impl Memory {
         store.count.send_modify(|n| *n += 1);
         metrics::gauge!("qrlink_sessions_active", "provider" => session.provider.clone())
             .increment(1.0);
+        if let Some(cluster) = &store.cluster {
+            let record = session.lock();
+            cluster.opened(
+                &session.id,
+                session.client,
+                session.started_at,
+                session.resume_secret.as_ref().map(|s| &s[..]),
+                &record.request,
+            );
+        }
         store.publish(|| WatchEvent::Opened {
             session: session.id.clone(),
             provider: session.provider.clone(),
@@ -261,11 +280,21 @@ impl Memory {
         };
         let (id, secret) =
             parse_resume_token(token).ok_or_else(|| refused(ResumeRefused::Expired))?;
-        let session = store
-            .sessions
-            .get(id)
-            .map(|s| s.clone())
-            .ok_or_else(|| refused(ResumeRefused::Expired))?;
+        let local = store.sessions.get(id).map(|s| s.clone());
+        let session = match (local, &store.cluster) {
+            (Some(session), _) => session,
+            (None, Some(cluster)) => match cluster.claim(id, secret.as_bytes(), provider).await {
+                Ok(adopted) => Memory::adopt(store, id, secret, adopted),
+                Err(ClaimError::WrongProvider) => {
+                    return Err(refused(ResumeRefused::WrongProvider));
+                }
+                Err(ClaimError::Busy) => return Err(refused(ResumeRefused::Busy)),
+                Err(ClaimError::Unknown | ClaimError::Unavailable) => {
+                    return Err(refused(ResumeRefused::Expired));
+                }
+            },
+            (None, None) => return Err(refused(ResumeRefused::Expired)),
+        };
         let matches = session
             .resume_secret
             .as_ref()
@@ -327,6 +356,9 @@ impl Memory {
             }
         };
         metrics::counter!("qrlink_resumes_total").increment(1);
+        if let Some(cluster) = &store.cluster {
+            cluster.attached(&session.id);
+        }
         if took_over {
             metrics::counter!("qrlink_takeovers_total").increment(1);
         }
@@ -356,8 +388,104 @@ impl Memory {
         }
     }
 
+    /// Makes a session claimed from Redis (another node's, or a dead node's) one of this
+    /// node's, detached, so that the resume that claimed it attaches it as any other.
+    fn adopt(store: &Arc<Memory>, id: &str, secret: &str, adopted: Adopted) -> Arc<Session> {
+        let mut resume_secret = [0; RESUME_SECRET_LEN];
+        let secret_ok = secret.len() == RESUME_SECRET_LEN;
+        if secret_ok {
+            resume_secret.copy_from_slice(secret.as_bytes());
+        }
+        let age = SystemTime::now()
+            .duration_since(adopted.started_at)
+            .unwrap_or_default();
+        let last = adopted.last.and_then(Last::from_wire);
+        let session = Arc::new(Session {
+            id: id.to_owned(),
+            provider: adopted.provider,
+            client: adopted.client,
+            started_at: adopted.started_at,
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            resume_secret: secret_ok.then_some(resume_secret),
+            rotation: AtomicU32::new(adopted.rotation),
+            phase: AtomicU8::new(Phase::Detached as u8),
+            cancelled: AtomicBool::new(false),
+            evict: AtomicU32::new(0),
+            outcome: OnceLock::new(),
+            record: Mutex::new(Record {
+                seq: adopted.seq,
+                last,
+                cursor: Some(Box::new(adopted.cursor)),
+                request: Arc::new(adopted.request),
+                holder: None,
+                tickets: 0,
+                timer: None,
+            }),
+            changed: Notify::new(),
+        });
+        // A resume racing this one on this node for the same session finds it here.
+        let entry = store.sessions.entry(id.to_owned()).or_insert_with(|| {
+            store.count.send_modify(|n| *n += 1);
+            metrics::gauge!("qrlink_sessions_active", "provider" => session.provider.clone())
+                .increment(1.0);
+            session.clone()
+        });
+        entry.clone()
+    }
+
+    /// Another node resumes session `id`: its socket here (if any) lets go, its cursor goes to
+    /// Redis, and this node forgets it without ending it.
+    pub(super) async fn hand_off(store: &Arc<Memory>, id: &str) {
+        let Some(session) = store.sessions.get(id).map(|s| s.clone()) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            let changed = session.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match session.lock().holder {
+                None => break,
+                Some(current) => {
+                    if session.evict.swap(current, Ordering::AcqRel) != current {
+                        session.changed.notify_waiters();
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+        metrics::counter!("qrlink_takeovers_total").increment(1);
+        store.forget(&session);
+    }
+
+    /// Takes a session off this node without ending it: another node has it now (or will,
+    /// from Redis, after this node shuts down).
+    fn forget(&self, session: &Session) {
+        if self.sessions.remove(&session.id).is_none() {
+            return;
+        }
+        self.count.send_modify(|n| *n -= 1);
+        metrics::gauge!("qrlink_sessions_active", "provider" => session.provider.clone())
+            .decrement(1.0);
+        if let Some(timer) = session.lock().timer.take() {
+            timer.abort();
+            metrics::gauge!("qrlink_sessions_detached").decrement(1.0);
+        }
+        session.changed.notify_waiters();
+    }
+
     pub(super) fn snapshot(&self) -> Vec<SessionInfo> {
-        let mut all: Vec<SessionInfo> = self.sessions.iter().map(|s| s.info()).collect();
+        let node = self.cluster.as_ref().map(|c| c.node().to_owned());
+        let mut all: Vec<SessionInfo> = self
+            .sessions
+            .iter()
+            .map(|s| SessionInfo {
+                node: node.clone(),
+                ..s.info()
+            })
+            .collect();
         all.sort_by_key(|s| std::cmp::Reverse(s.age_ms));
         all
     }
@@ -368,11 +496,23 @@ impl Memory {
         {
             let mut record = session.lock();
             record.holder = None;
-            let resumable = session.resume_secret.is_some()
+            let could_resume = session.resume_secret.is_some()
                 && record.last.is_some()
-                && session.outcome.get().is_none()
-                && !store.shutdown.is_cancelled();
+                && session.outcome.get().is_none();
+            if let (true, true, Some(cluster)) =
+                (could_resume, store.shutdown.is_cancelled(), &store.cluster)
+            {
+                // Shutting down in cluster mode: the page resumes on another node, from Redis.
+                cluster.detached(&session.id, &cursor);
+                drop(record);
+                store.forget(session);
+                return;
+            }
+            let resumable = could_resume && !store.shutdown.is_cancelled();
             if resumable {
+                if let Some(cluster) = &store.cluster {
+                    cluster.detached(&session.id, &cursor);
+                }
                 record.cursor = Some(Box::new(cursor));
                 session.set_phase(Phase::Detached);
                 record.timer = Some(Memory::start_grace(store, session));
@@ -426,6 +566,9 @@ impl Memory {
             return;
         }
         self.count.send_modify(|n| *n -= 1);
+        if let Some(cluster) = &self.cluster {
+            cluster.ended(&session.id);
+        }
         let (outcome, code) = session
             .outcome
             .get_or_init(|| (Outcome::Disconnected, None))
@@ -475,6 +618,38 @@ impl Record {
         env.replay = true;
         env.resume = Some(token.to_owned());
         Some(env)
+    }
+}
+
+impl Last {
+    /// A last frame read back from Redis.
+    fn from_wire(wire: WireLast) -> Option<Last> {
+        match wire {
+            WireLast::Qr {
+                seq,
+                rotation,
+                intent_id,
+                expires_at,
+                qrcode,
+            } => {
+                let frame = ServerFrame::Qr(QrFrame {
+                    rotation,
+                    intent_id,
+                    expires_at,
+                    svg: None,
+                    text: None,
+                    raw: None,
+                });
+                Some(Last {
+                    seq,
+                    frame: Kept::of(&frame, qrcode)?,
+                })
+            }
+            WireLast::Checkpoint { seq, frame } => Some(Last {
+                seq,
+                frame: Kept::of(&frame, None)?,
+            }),
+        }
     }
 }
 
@@ -607,6 +782,7 @@ impl Session {
             started_at: rfc3339(self.started_at),
             age_ms: self.started.elapsed().as_millis() as u64,
             client: self.client.ip().to_string(),
+            node: None,
         }
     }
 }
@@ -663,6 +839,21 @@ impl Attachment {
         };
         record.seq += 1;
         let mut env = Envelope::new(self.session.id.clone(), record.seq, frame);
+        if let Some(cluster) = &self.store.cluster {
+            let wire = self
+                .session
+                .resume_secret
+                .is_some()
+                .then(|| WireLast::of(&env.frame, env.seq, qrcode.as_deref()))
+                .flatten();
+            cluster.recorded(
+                &self.session.id,
+                env.seq,
+                self.session.rotation.load(Ordering::Relaxed),
+                Phase::from_u8(self.session.phase.load(Ordering::Relaxed)),
+                wire,
+            );
+        }
         if let Some(secret) = &self.session.resume_secret {
             // Without its renderings: the frame whole would keep the 4–5 KB SVG.
             if let Some(kept) = Kept::of(&env.frame, qrcode) {
@@ -675,6 +866,14 @@ impl Attachment {
             }
         }
         env
+    }
+
+    /// Cluster mode: waits until what this session told Redis so far is written, at most
+    /// [`WRITE_WAIT`]; at once otherwise.
+    pub async fn written(&self) {
+        if let Some(cluster) = &self.store.cluster {
+            cluster.flush(WRITE_WAIT).await;
+        }
     }
 
     /// Publishes a frame just sent to watchers, without its resume token; builds nothing when
@@ -816,10 +1015,10 @@ mod tests {
         let store = store(Duration::ZERO);
         let a = store.open(addr(), request("telegram"));
         assert!(!a.is_cancelled());
-        assert!(store.cancel(&a.id));
+        assert!(store.cancel(&a.id).await);
         assert!(a.is_cancelled());
         assert_eq!(a.interrupted().await, Interrupt::Cancelled);
-        assert!(!store.cancel("ses_nope"));
+        assert!(!store.cancel("ses_nope").await);
     }
 
     #[tokio::test]
@@ -1014,7 +1213,7 @@ mod tests {
         let _ = a.record(qr(1));
         let id = a.id.clone();
         a.detach(poll_cursor(1));
-        assert!(store.cancel(&id));
+        assert!(store.cancel(&id).await);
         store.wait_for_count(|n| n == 0).await;
         let closed = std::iter::from_fn(|| rx.try_recv().ok()).last();
         assert!(

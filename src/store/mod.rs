@@ -10,6 +10,7 @@
 //! it ([`Attachment::detach`]), or drops it (a panic), which ends the session as
 //! `disconnected`, so no path can leak a session.
 
+pub mod cluster;
 pub mod limits;
 pub mod memory;
 
@@ -154,6 +155,9 @@ pub struct SessionInfo {
     pub age_ms: u64,
     /// Client IP address.
     pub client: String,
+    /// The node the session is on (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Why a resume token was refused.
@@ -212,8 +216,45 @@ impl Store {
     ///
     /// Outside a Tokio runtime (the sweeper is a task).
     pub fn memory(config: StoreConfig, tracker: TaskTracker, shutdown: CancellationToken) -> Store {
+        Store::new(config, tracker, shutdown, None)
+    }
+
+    /// A store in this process's memory that, given a `cluster`, shares what other nodes need
+    /// through Redis (DESIGN.md section 9) and starts the node's cluster tasks.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn new(
+        config: StoreConfig,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+        cluster: Option<Arc<cluster::Cluster>>,
+    ) -> Store {
+        let memory = Arc::new(memory::Memory::new(
+            config,
+            tracker.clone(),
+            shutdown.clone(),
+            cluster.clone(),
+        ));
+        if let Some(cluster) = &cluster {
+            cluster.start(Arc::downgrade(&memory), &tracker, shutdown);
+        }
         Store {
-            backend: Backend::Memory(Arc::new(memory::Memory::new(config, tracker, shutdown))),
+            backend: Backend::Memory(memory),
+        }
+    }
+
+    /// Whether this node is one of a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.memory_backend().cluster.is_some()
+    }
+
+    /// Waits (at most `limit`) until what this node owes Redis is written: at shutdown, so the
+    /// sessions it leaves can be resumed elsewhere.
+    pub async fn flush(&self, limit: Duration) {
+        if let Some(cluster) = &self.memory_backend().cluster {
+            cluster.flush(limit).await;
         }
     }
 
@@ -254,13 +295,33 @@ impl Store {
 
     /// Cancels a session, attached or detached (its browser, if any, gets
     /// `session/cancelled`). False if no such session.
-    pub fn cancel(&self, id: &str) -> bool {
-        self.memory_backend().cancel(id)
+    pub async fn cancel(&self, id: &str) -> bool {
+        let memory = self.memory_backend();
+        if memory.cancel(id) {
+            return true;
+        }
+        match &memory.cluster {
+            Some(cluster) => cluster.cancel(id).await,
+            None => false,
+        }
     }
 
-    /// Open sessions, attached or detached, oldest first.
+    /// This node's open sessions, attached or detached, oldest first.
     pub fn snapshot(&self) -> Vec<SessionInfo> {
         self.memory_backend().snapshot()
+    }
+
+    /// Every node's open sessions in cluster mode (this node's if Redis does not answer),
+    /// oldest first.
+    pub async fn snapshot_all(&self) -> Vec<SessionInfo> {
+        let memory = self.memory_backend();
+        match &memory.cluster {
+            Some(cluster) => match cluster.snapshot().await {
+                Some(all) => all,
+                None => memory.snapshot(),
+            },
+            None => memory.snapshot(),
+        }
     }
 
     /// Number of open sessions, attached or detached.

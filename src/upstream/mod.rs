@@ -210,6 +210,10 @@ pub enum BuildError {
     /// reqwest could not build its client (TLS setup).
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// Cluster mode's Redis URL is unusable (the gateway's other startup failure; the URL
+    /// itself is not repeated, it may carry a password).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// One attempt's failure, before the retry policy decides.

@@ -9,6 +9,7 @@ mod common;
 
 mod autobahn;
 mod cancellation;
+mod cluster;
 mod dashboard_page;
 mod hostile;
 mod http_api;

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod browser;
+pub mod redis;
 pub mod scan;
 pub mod tcp_proxy;
 
@@ -88,7 +89,7 @@ impl TestSimulator {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    pub upstream: TestSimulator,
+    pub upstream: Arc<TestSimulator>,
     stop: Option<oneshot::Sender<()>>,
     pub served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -102,7 +103,16 @@ impl TestGateway {
 
     pub async fn with(sim: SimulatorConfig, extra_args: &[&str]) -> TestGateway {
         init_logs();
-        let upstream = TestSimulator::start(sim).await;
+        let upstream = Arc::new(TestSimulator::start(sim).await);
+        Self::serve(upstream, extra_args).await
+    }
+
+    /// Another gateway (another node, in cluster tests) in front of `other`'s simulator.
+    pub async fn beside(other: &TestGateway, extra_args: &[&str]) -> TestGateway {
+        Self::serve(other.upstream.clone(), extra_args).await
+    }
+
+    async fn serve(upstream: Arc<TestSimulator>, extra_args: &[&str]) -> TestGateway {
         let mut args = vec![
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),

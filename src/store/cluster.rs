@@ -1,0 +1,898 @@
+//! Cluster mode (DESIGN.md section 9): the sessions of several nodes shared through Redis.
+//!
+//! Each node keeps its own sessions in [`super::memory`] (their sockets, timers and waiters are
+//! local by nature) and mirrors what another node needs into Redis:
+//!
+//! - a hash per session, `{prefix}{ses_…}` (hash-tagged, so Redis Cluster can take it later):
+//!   provider, node, client, start, the SHA-256 of the resume secret (never the secret), the
+//!   request, seq, rotation, phase, the last `qr`/`checkpoint` frame (with the QR string), the
+//!   cursor of a detached session and `holder` (the node whose socket has it, empty while
+//!   detached). Its TTL is the attempt's longest life plus the grace while attached, the grace
+//!   once detached; an ended session's hash is deleted.
+//! - the directory `{prefix}sessions` (a set of ids), for `GET /api/sessions` on any node;
+//! - `{prefix}node:{id}`, a heartbeat with a 3 s TTL: a node whose key is gone is dead and its
+//!   sessions are resumable anywhere;
+//! - `{prefix}node:{id}:cmd`, a list each node pops: `handoff` (a resume elsewhere wants the
+//!   session: take it off the socket, write its cursor, forget it here), `cancel` (an operator's
+//!   DELETE on another node), and `ack` back to the asking node.
+//!
+//! Writes go through one ordered queue per node and never hold up a frame: a browser never
+//! waits on Redis. An ack is queued after the writes it follows, so a node that receives it
+//! reads the state they wrote. What is not built yet (issue 10): watch events across nodes on a
+//! Redis Stream, admission limits across nodes, the degraded mode's metrics and `/healthz`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::memory::Memory;
+use super::{Phase, SessionInfo};
+use crate::link::protocol::ServerFrame;
+use crate::link::{Cursor, LinkRequest, QrFormats, Resume};
+
+/// A node's heartbeat lives this long; it is renewed every [`HEARTBEAT_EVERY`].
+const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long a node waits for another node's ack (a handoff or a cancel).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a blocking pop of the command list waits before it looks at shutdown again.
+const POP_BLOCK_SECS: f64 = 1.0;
+
+/// What a node needs to join the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://`.
+    pub url: String,
+    /// This node's name.
+    pub node: String,
+    /// Key prefix.
+    pub prefix: String,
+}
+
+/// A node's link to the others.
+pub struct Cluster {
+    node: String,
+    prefix: String,
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    writes: mpsc::UnboundedSender<Write>,
+    /// The queue's other end, until [`Cluster::start`] hands it to the writer task.
+    unwritten: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
+    /// Writes queued, and writes Redis has taken: equal when the queue is flushed.
+    queued: AtomicU64,
+    written: tokio::sync::watch::Sender<u64>,
+    /// Acks this node waits for, by request number.
+    pending: DashMap<u64, oneshot::Sender<()>>,
+    next_request: AtomicU64,
+    /// TTLs of a session's hash: while attached, once detached.
+    attached_ttl: Duration,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One queued write.
+#[derive(Debug)]
+enum Write {
+    /// Sets fields of a session's hash and its TTL; `listed` adds it to the directory.
+    Session {
+        id: String,
+        fields: Vec<(&'static str, String)>,
+        ttl: Duration,
+        listed: bool,
+    },
+    /// Deletes a session's hash and takes it off the directory.
+    Ended { id: String },
+    /// Appends a command to a node's list.
+    Command { node: String, body: String },
+}
+
+/// A command between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Command {
+    Handoff {
+        session: String,
+        from: String,
+        request: u64,
+    },
+    Cancel {
+        session: String,
+        from: String,
+        request: u64,
+    },
+    Ack {
+        request: u64,
+    },
+}
+
+/// A session's record as read back from Redis, for the node that adopts it.
+#[derive(Debug)]
+pub(super) struct Adopted {
+    pub(super) provider: String,
+    pub(super) client: std::net::SocketAddr,
+    pub(super) started_at: SystemTime,
+    pub(super) request: LinkRequest,
+    pub(super) seq: u64,
+    pub(super) rotation: u32,
+    pub(super) last: Option<WireLast>,
+    pub(super) cursor: Cursor,
+}
+
+/// The last `qr` or `checkpoint` frame as kept in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(super) enum WireLast {
+    Qr {
+        seq: u64,
+        rotation: u32,
+        intent_id: String,
+        expires_at: String,
+        qrcode: Option<String>,
+    },
+    Checkpoint {
+        seq: u64,
+        frame: ServerFrame,
+    },
+}
+
+impl WireLast {
+    /// What Redis keeps of `frame` (numbered `seq`; `qrcode` is the string a `qr` frame
+    /// encodes), for a resume on another node; `None` for frames a resume does not replay.
+    pub(super) fn of(frame: &ServerFrame, seq: u64, qrcode: Option<&str>) -> Option<WireLast> {
+        match frame {
+            ServerFrame::Qr(q) => Some(WireLast::Qr {
+                seq,
+                rotation: q.rotation,
+                intent_id: q.intent_id.clone(),
+                expires_at: q.expires_at.clone(),
+                qrcode: qrcode.map(str::to_owned),
+            }),
+            ServerFrame::Checkpoint { .. } => Some(WireLast::Checkpoint {
+                seq,
+                frame: frame.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRequest {
+    provider: String,
+    account_id: Option<String>,
+    state: Option<String>,
+    proxy: Option<Value>,
+    svg: bool,
+    text: bool,
+    raw: bool,
+    qr_ttl_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "next", rename_all = "snake_case")]
+enum WireCursor {
+    Start {
+        rotation: u32,
+    },
+    Poll {
+        rotation: u32,
+        intent_id: String,
+        shown: Option<Value>,
+    },
+    Answer {
+        rotation: u32,
+        intent_id: String,
+        checkpoint: Value,
+        answers: u32,
+    },
+}
+
+/// Why a session could not be taken from Redis.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ClaimError {
+    /// No such session, or the secret does not match.
+    Unknown,
+    /// Another provider's session.
+    WrongProvider,
+    /// Its node did not let go in time.
+    Busy,
+    /// Redis did not answer.
+    Unavailable,
+}
+
+impl Cluster {
+    /// A node of the cluster at `config.url`; nothing connects until [`Cluster::start`].
+    pub fn new(
+        config: &ClusterConfig,
+        grace: Duration,
+        max_attempt: Duration,
+    ) -> Result<Arc<Cluster>, String> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| format!("QRLINK_REDIS_URL is not a usable Redis URL ({})", why(&e)))?;
+        let (writes, rx) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            node: config.node.clone(),
+            prefix: config.prefix.clone(),
+            client,
+            conn: OnceCell::new(),
+            writes,
+            unwritten: std::sync::Mutex::new(Some(rx)),
+            queued: AtomicU64::new(0),
+            written: tokio::sync::watch::Sender::new(0),
+            pending: DashMap::new(),
+            next_request: AtomicU64::new(1),
+            attached_ttl: max_attempt + grace,
+            grace,
+        });
+        Ok(cluster)
+    }
+
+    /// This node's name.
+    pub(super) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Starts the node's tasks: the writer, the heartbeat and the command reader, which acts
+    /// on `memory` (this node's sessions).
+    pub(super) fn start(
+        self: &Arc<Self>,
+        memory: Weak<Memory>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let rx = self
+            .unwritten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(self.clone().writer(rx));
+        }
+        tracker.spawn(self.clone().heartbeat(shutdown.clone()));
+        tracker.spawn(self.clone().commands(memory, shutdown));
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}{{{id}}}", self.prefix)
+    }
+
+    fn directory(&self) -> String {
+        format!("{}sessions", self.prefix)
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+
+    fn command_key(&self, node: &str) -> String {
+        format!("{}node:{node}:cmd", self.prefix)
+    }
+
+    async fn conn(&self) -> Option<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(1));
+        self.conn
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .inspect_err(|e| tracing::warn!(error = %why(e), "redis unreachable"))
+            .ok()
+            .cloned()
+    }
+
+    fn queue(&self, write: Write) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.writes.send(write).is_err() {
+            self.written.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Waits until Redis has taken every write queued so far, at most `limit`.
+    pub(super) async fn flush(&self, limit: Duration) {
+        let target = self.queued.load(Ordering::Acquire);
+        let mut rx = self.written.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n >= target)).await;
+    }
+
+    /// The writer: takes what is queued, sends it as one pipeline, and on a Redis error keeps
+    /// it and tries again (a write is never dropped; the frame it follows went out already).
+    async fn writer(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Write>) {
+        let mut batch = Vec::new();
+        let mut failing = false;
+        loop {
+            if batch.is_empty() {
+                match rx.recv().await {
+                    Some(w) => batch.push(w),
+                    None => return,
+                }
+            }
+            while let Ok(w) = rx.try_recv() {
+                batch.push(w);
+                if batch.len() >= 512 {
+                    break;
+                }
+            }
+            let Some(mut conn) = self.conn().await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut pipe = redis::pipe();
+            for w in &batch {
+                self.add_to(&mut pipe, w);
+            }
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("redis writes caught up");
+                        failing = false;
+                    }
+                    let n = batch.len() as u64;
+                    batch.clear();
+                    self.written.send_modify(|w| *w += n);
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %why(&e), queued = batch.len(), "redis writes failing; they are kept and retried");
+                        failing = true;
+                    }
+                    metrics::counter!("qrlink_redis_errors_total", "op" => "write").increment(1);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    fn add_to(&self, pipe: &mut redis::Pipeline, write: &Write) {
+        match write {
+            Write::Session {
+                id,
+                fields,
+                ttl,
+                listed,
+            } => {
+                let key = self.key(id);
+                pipe.hset_multiple(&key, fields).ignore();
+                pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
+                if *listed {
+                    pipe.sadd(self.directory(), id).ignore();
+                }
+            }
+            Write::Ended { id } => {
+                pipe.del(self.key(id)).ignore();
+                pipe.srem(self.directory(), id).ignore();
+            }
+            Write::Command { node, body } => {
+                let key = self.command_key(node);
+                pipe.rpush(&key, body).ignore();
+                pipe.pexpire(&key, ACK_TIMEOUT.as_millis() as i64 * 4)
+                    .ignore();
+            }
+        }
+    }
+
+    async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+        let key = self.node_key(&self.node);
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    // Leaving: other nodes take this node's sessions from Redis at once rather
+                    // than asking a node that no longer answers.
+                    if let Some(mut conn) = self.conn().await {
+                        let _: redis::RedisResult<()> = conn.del(&key).await;
+                    }
+                    break;
+                }
+                _ = tick.tick() => {}
+            }
+            if let Some(mut conn) = self.conn().await {
+                let set: redis::RedisResult<()> = conn
+                    .pset_ex(&key, 1, HEARTBEAT_TTL.as_millis() as u64)
+                    .await;
+                if let Err(e) = set {
+                    metrics::counter!("qrlink_redis_errors_total", "op" => "heartbeat")
+                        .increment(1);
+                    tracing::debug!(error = %why(&e), "heartbeat failed");
+                }
+            }
+        }
+    }
+
+    /// Whether `node` is alive (its heartbeat is there).
+    async fn alive(&self, conn: &mut ConnectionManager, node: &str) -> bool {
+        node == self.node || conn.exists(self.node_key(node)).await.unwrap_or(false)
+    }
+
+    /// Pops this node's commands and acts on them.
+    async fn commands(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
+        let key = self.command_key(&self.node);
+        // Its own connection: a blocking pop would hold up the shared one.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = ConnectionManager::new_with_config(self.client.clone(), config.clone()) => match c {
+                    Ok(c) => break c,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                },
+            }
+        };
+        loop {
+            let popped: redis::RedisResult<Option<(String, String)>> = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = conn.blpop(&key, POP_BLOCK_SECS) => r,
+            };
+            let body = match popped {
+                Ok(Some((_, body))) => body,
+                Ok(None) => continue,
+                Err(e) => {
+                    metrics::counter!("qrlink_redis_errors_total", "op" => "commands").increment(1);
+                    tracing::debug!(error = %why(&e), "command pop failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Ok(command) = serde_json::from_str::<Command>(&body) else {
+                tracing::warn!("unreadable cluster command ignored");
+                continue;
+            };
+            match command {
+                Command::Ack { request } => {
+                    if let Some((_, tx)) = self.pending.remove(&request) {
+                        let _ = tx.send(());
+                    }
+                }
+                Command::Cancel {
+                    session,
+                    from,
+                    request,
+                } => {
+                    if let Some(memory) = memory.upgrade() {
+                        memory.cancel(&session);
+                    }
+                    self.ack(from, request);
+                }
+                Command::Handoff {
+                    session,
+                    from,
+                    request,
+                } => {
+                    let (memory, this) = (memory.clone(), self.clone());
+                    // Its own task: the socket it takes the session from may take a moment.
+                    tokio::spawn(async move {
+                        if let Some(memory) = memory.upgrade() {
+                            Memory::hand_off(&memory, &session).await;
+                        }
+                        this.ack(from, request);
+                    });
+                }
+            }
+        }
+    }
+
+    fn ack(&self, node: String, request: u64) {
+        let body = serde_json::to_string(&Command::Ack { request }).unwrap_or_default();
+        self.queue(Write::Command { node, body });
+    }
+
+    /// Sends `command` (built with a request number) to `node` and waits for its ack.
+    async fn ask(&self, node: &str, command: impl FnOnce(u64) -> Command) -> bool {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(request, tx);
+        let body = serde_json::to_string(&command(request)).unwrap_or_default();
+        self.queue(Write::Command {
+            node: node.to_owned(),
+            body,
+        });
+        let acked = matches!(tokio::time::timeout(ACK_TIMEOUT, rx).await, Ok(Ok(())));
+        self.pending.remove(&request);
+        acked
+    }
+
+    // --- What memory.rs tells the cluster ---
+
+    /// A session opened on this node.
+    pub(super) fn opened(
+        &self,
+        id: &str,
+        client: std::net::SocketAddr,
+        started_at: SystemTime,
+        secret: Option<&[u8]>,
+        request: &LinkRequest,
+    ) {
+        let wire = WireRequest {
+            provider: request.provider.clone(),
+            account_id: request.account_id.clone(),
+            state: request.state.clone(),
+            proxy: request.proxy.clone(),
+            svg: request.formats.svg,
+            text: request.formats.text,
+            raw: request.formats.raw,
+            qr_ttl_ms: request.qr_ttl.as_millis() as u64,
+        };
+        let mut fields = vec![
+            ("provider", request.provider.clone()),
+            ("node", self.node.clone()),
+            ("holder", self.node.clone()),
+            ("client", client.to_string()),
+            ("started_ms", unix_ms(started_at).to_string()),
+            ("request", serde_json::to_string(&wire).unwrap_or_default()),
+            ("phase", (Phase::Starting as u8).to_string()),
+            ("rotation", "0".into()),
+            ("seq", "0".into()),
+        ];
+        if let Some(secret) = secret {
+            fields.push(("secret", hash(secret)));
+        }
+        self.queue(Write::Session {
+            id: id.to_owned(),
+            fields,
+            ttl: self.attached_ttl,
+            listed: true,
+        });
+    }
+
+    /// A frame was numbered on this node: the session's phase, rotation, seq, and the frame a
+    /// resume replays (when it is one).
+    pub(super) fn recorded(
+        &self,
+        id: &str,
+        seq: u64,
+        rotation: u32,
+        phase: Phase,
+        last: Option<WireLast>,
+    ) {
+        let mut fields = vec![
+            ("seq", seq.to_string()),
+            ("rotation", rotation.to_string()),
+            ("phase", (phase as u8).to_string()),
+        ];
+        if let Some(last) = last {
+            if let WireLast::Qr { intent_id, .. } = &last {
+                // A checkpoint that follows is on the same intent.
+                fields.push(("intent", intent_id.clone()));
+            }
+            fields.push(("last", serde_json::to_string(&last).unwrap_or_default()));
+        }
+        self.queue(Write::Session {
+            id: id.to_owned(),
+            fields,
+            ttl: self.attached_ttl,
+            listed: false,
+        });
+    }
+
+    /// The session's socket let go: where the attempt stood, for whichever node resumes it.
+    pub(super) fn detached(&self, id: &str, cursor: &Cursor) {
+        self.queue(Write::Session {
+            id: id.to_owned(),
+            fields: vec![
+                (
+                    "cursor",
+                    serde_json::to_string(&WireCursor::of(cursor)).unwrap_or_default(),
+                ),
+                ("phase", (Phase::Detached as u8).to_string()),
+                ("holder", String::new()),
+            ],
+            ttl: self.grace,
+            listed: false,
+        });
+    }
+
+    /// A socket on this node attached the session (a resume).
+    pub(super) fn attached(&self, id: &str) {
+        self.queue(Write::Session {
+            id: id.to_owned(),
+            fields: vec![("node", self.node.clone()), ("holder", self.node.clone())],
+            ttl: self.attached_ttl,
+            listed: true,
+        });
+    }
+
+    /// The session ended.
+    pub(super) fn ended(&self, id: &str) {
+        self.queue(Write::Ended { id: id.to_owned() });
+    }
+
+    // --- What other nodes' sessions need ---
+
+    /// Takes session `id` from wherever it is (another node's socket, another node's grace, a
+    /// dead node) for a resume here with `secret` on `provider`'s path.
+    pub(super) async fn claim(
+        &self,
+        id: &str,
+        secret: &[u8],
+        provider: &str,
+    ) -> Result<Adopted, ClaimError> {
+        let mut conn = self.conn().await.ok_or(ClaimError::Unavailable)?;
+        let key = self.key(id);
+        let fields: HashMap<String, String> = conn
+            .hgetall(&key)
+            .await
+            .map_err(|_| ClaimError::Unavailable)?;
+        let matches = fields.get("secret").is_some_and(|h| {
+            crate::secret::constant_time_eq(h.as_bytes(), hash(secret).as_bytes())
+        });
+        if !matches {
+            return Err(ClaimError::Unknown);
+        }
+        if fields.get("provider").map(String::as_str) != Some(provider) {
+            return Err(ClaimError::WrongProvider);
+        }
+        let node = fields.get("node").cloned().unwrap_or_default();
+        let fields = if node != self.node && self.alive(&mut conn, &node).await {
+            // It lives on a node that is up: that node lets go and writes where it stood.
+            let from = self.node.clone();
+            let session = id.to_owned();
+            if !self
+                .ask(&node, |request| Command::Handoff {
+                    session,
+                    from,
+                    request,
+                })
+                .await
+            {
+                return Err(ClaimError::Busy);
+            }
+            let fields: HashMap<String, String> = conn
+                .hgetall(&key)
+                .await
+                .map_err(|_| ClaimError::Unavailable)?;
+            if fields.is_empty() {
+                return Err(ClaimError::Unknown);
+            }
+            fields
+        } else {
+            fields
+        };
+        Adopted::read(&fields).ok_or(ClaimError::Unknown)
+    }
+
+    /// Cancels a session on the node that has it. False if no node has it.
+    pub(super) async fn cancel(&self, id: &str) -> bool {
+        let Some(mut conn) = self.conn().await else {
+            return false;
+        };
+        let node: Option<String> = conn.hget(self.key(id), "node").await.ok().flatten();
+        let Some(node) = node else { return false };
+        if node != self.node && self.alive(&mut conn, &node).await {
+            let (session, from) = (id.to_owned(), self.node.clone());
+            return self
+                .ask(&node, |request| Command::Cancel {
+                    session,
+                    from,
+                    request,
+                })
+                .await;
+        }
+        // Its node is dead: nobody else will end it.
+        self.ended(id);
+        true
+    }
+
+    /// Every node's open sessions, oldest first.
+    pub(super) async fn snapshot(&self) -> Option<Vec<SessionInfo>> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = conn.smembers(self.directory()).await.ok()?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET").arg(self.key(id)).arg(&[
+                "provider",
+                "node",
+                "phase",
+                "rotation",
+                "started_ms",
+                "client",
+                "holder",
+            ]);
+        }
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await.ok()?;
+        let now = unix_ms(SystemTime::now());
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (id, row) in ids.into_iter().zip(rows) {
+            let [provider, node, phase, rotation, started, client, _holder] =
+                <[Option<String>; 7]>::try_from(row).ok()?;
+            let (Some(provider), Some(started)) =
+                (provider, started.and_then(|s| s.parse::<u64>().ok()))
+            else {
+                // Its hash expired (a dead node's session past its TTL).
+                gone.push(id);
+                continue;
+            };
+            out.push(SessionInfo {
+                id,
+                provider,
+                phase: Phase::from_u8(phase.and_then(|p| p.parse().ok()).unwrap_or(0)),
+                rotation: rotation.and_then(|r| r.parse().ok()).unwrap_or(0),
+                started_at: humantime::format_rfc3339_millis(
+                    UNIX_EPOCH + Duration::from_millis(started),
+                )
+                .to_string(),
+                age_ms: now.saturating_sub(started),
+                client: client
+                    .and_then(|c| c.parse::<std::net::SocketAddr>().ok())
+                    .map(|c| c.ip().to_string())
+                    .unwrap_or_default(),
+                node,
+            });
+        }
+        if !gone.is_empty() {
+            let _: redis::RedisResult<()> = conn.srem(self.directory(), gone).await;
+        }
+        out.sort_by_key(|s| std::cmp::Reverse(s.age_ms));
+        Some(out)
+    }
+}
+
+impl Adopted {
+    fn read(fields: &HashMap<String, String>) -> Option<Adopted> {
+        let wire: WireRequest = serde_json::from_str(fields.get("request")?).ok()?;
+        let last: Option<WireLast> = fields
+            .get("last")
+            .and_then(|l| serde_json::from_str(l).ok());
+        let rotation = fields
+            .get("rotation")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        let cursor = match fields
+            .get("cursor")
+            .and_then(|c| serde_json::from_str::<WireCursor>(c).ok())
+        {
+            Some(c) => c.into_cursor(),
+            // Its node died while attached: it stood where its last frame put it.
+            None => match &last {
+                Some(WireLast::Qr {
+                    rotation,
+                    intent_id,
+                    ..
+                }) => Cursor {
+                    rotation: *rotation,
+                    next: Resume::Poll {
+                        intent_id: intent_id.clone(),
+                        shown: None,
+                    },
+                },
+                // The checkpoint is asked again on the page (replayed) and answered there.
+                Some(WireLast::Checkpoint {
+                    frame: ServerFrame::Checkpoint { checkpoint, .. },
+                    ..
+                }) => Cursor {
+                    rotation,
+                    next: Resume::Answer {
+                        intent_id: fields.get("intent")?.clone(),
+                        checkpoint: checkpoint.clone(),
+                        answers: 0,
+                    },
+                },
+                _ => Cursor::default(),
+            },
+        };
+        Some(Adopted {
+            provider: fields.get("provider")?.clone(),
+            client: fields.get("client")?.parse().ok()?,
+            started_at: UNIX_EPOCH + Duration::from_millis(fields.get("started_ms")?.parse().ok()?),
+            request: LinkRequest {
+                provider: wire.provider,
+                account_id: wire.account_id,
+                state: wire.state,
+                proxy: wire.proxy,
+                formats: QrFormats {
+                    svg: wire.svg,
+                    text: wire.text,
+                    raw: wire.raw,
+                },
+                qr_ttl: Duration::from_millis(wire.qr_ttl_ms),
+            },
+            seq: fields.get("seq").and_then(|s| s.parse().ok()).unwrap_or(0),
+            rotation,
+            last,
+            cursor,
+        })
+    }
+}
+
+impl WireCursor {
+    fn of(cursor: &Cursor) -> WireCursor {
+        let rotation = cursor.rotation;
+        match &cursor.next {
+            Resume::Start => WireCursor::Start { rotation },
+            Resume::Poll { intent_id, shown } => WireCursor::Poll {
+                rotation,
+                intent_id: intent_id.clone(),
+                shown: shown.clone(),
+            },
+            Resume::Answer {
+                intent_id,
+                checkpoint,
+                answers,
+            } => WireCursor::Answer {
+                rotation,
+                intent_id: intent_id.clone(),
+                checkpoint: checkpoint.clone(),
+                answers: *answers,
+            },
+        }
+    }
+
+    fn into_cursor(self) -> Cursor {
+        match self {
+            WireCursor::Start { rotation } => Cursor {
+                rotation,
+                next: Resume::Start,
+            },
+            WireCursor::Poll {
+                rotation,
+                intent_id,
+                shown,
+            } => Cursor {
+                rotation,
+                next: Resume::Poll { intent_id, shown },
+            },
+            WireCursor::Answer {
+                rotation,
+                intent_id,
+                checkpoint,
+                answers,
+            } => Cursor {
+                rotation,
+                next: Resume::Answer {
+                    intent_id,
+                    checkpoint,
+                    answers,
+                },
+            },
+        }
+    }
+}
+
+/// What went wrong with Redis, for a log line: the kind only (an error's text may quote the
+/// URL, password and all).
+fn why(e: &redis::RedisError) -> String {
+    format!("{:?}", e.kind())
+}
+
+/// SHA-256 of a resume secret, hex: what Redis keeps instead of the secret.
+fn hash(secret: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The default node name: host name and pid.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "qrlink".to_owned());
+    format!("{host}-{}", std::process::id())
+}

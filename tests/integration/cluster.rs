@@ -1,0 +1,288 @@
+//! Cluster mode (DESIGN.md section 9): two gateway nodes in front of one simulator, sharing a
+//! real redis-server that the test starts on a free port. A session started on node A resumes
+//! on node B, an operator's DELETE on B reaches A's socket, a resume on B takes A's socket over,
+//! and a node that shuts down leaves its sessions for the other one (close 1012).
+
+use std::time::Duration;
+
+use qrlink::link::protocol::{Envelope, ServerFrame, close, codes};
+use qrlink::simulator::PollOutcome;
+use qrlink::store::WatchEvent;
+
+use crate::common::redis::TestRedis;
+use crate::common::{self, Next, TestGateway, WAIT, WsClient};
+
+/// Two nodes, `a` and `b`, sharing `redis` under a prefix of their own; QRs that outlive the
+/// test, a grace long enough for every resume.
+async fn two_nodes(redis: &TestRedis, prefix: &str) -> (TestGateway, TestGateway) {
+    let url = redis.url();
+    let args = |node: &'static str| {
+        vec![
+            "--resume-grace".to_owned(),
+            "60s".to_owned(),
+            "--redis-url".to_owned(),
+            url.clone(),
+            "--redis-prefix".to_owned(),
+            prefix.to_owned(),
+            "--node-id".to_owned(),
+            node.to_owned(),
+        ]
+    };
+    let a_args = args("a");
+    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let a = TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &a_args).await;
+    let b_args = args("b");
+    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let b = TestGateway::beside(&a, &b_args).await;
+    // Both heartbeats are in: each node sees the other alive from here on.
+    tokio::time::timeout(WAIT, async {
+        while redis.keys(&format!("{prefix}node:")).await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both nodes' heartbeats in Redis");
+    (a, b)
+}
+
+async fn qr_envelope(client: &mut WsClient) -> Envelope {
+    let env = client.frame().await;
+    assert!(
+        matches!(env.frame, ServerFrame::Qr(_)),
+        "expected a qr, got {env:?}"
+    );
+    env
+}
+
+fn intent_of(env: &Envelope) -> String {
+    match &env.frame {
+        ServerFrame::Qr(q) => q.intent_id.clone(),
+        other => panic!("expected a qr frame, got {other:?}"),
+    }
+}
+
+fn token_of(env: &Envelope) -> String {
+    env.resume.clone().expect("a resume token")
+}
+
+fn intents_started(gw: &TestGateway) -> usize {
+    gw.sim()
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/v2/auth/intent"))
+        .count()
+}
+
+async fn wait_detached(
+    gw: &TestGateway,
+    events: &mut tokio::sync::broadcast::Receiver<WatchEvent>,
+    id: &str,
+) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(WatchEvent::Detached { session, .. }) if session == id => return,
+                Ok(_) => continue,
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("expected {id} detached on {}", gw.addr));
+}
+
+#[tokio::test]
+async fn a_session_started_on_one_node_resumes_on_another_and_links_on_the_same_intent() {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let prefix = "qrt1:";
+    let (a, b) = two_nodes(&redis, prefix).await;
+    let keys_before = redis.keys(prefix).await.len();
+
+    let mut events = a.state.store.subscribe();
+    let mut client = a.connect("/ws/link/whatsapp").await;
+    let first = qr_envelope(&mut client).await;
+    let intent = intent_of(&first);
+    a.wait_for_poll(&intent, PollOutcome::Pending).await;
+    drop(client);
+    wait_detached(&a, &mut events, &first.session).await;
+
+    let mut resumed = b
+        .connect(&format!("/ws/link/whatsapp?resume={}", token_of(&first)))
+        .await;
+    let replay = qr_envelope(&mut resumed).await;
+    assert!(replay.replay, "{replay:?}");
+    assert_eq!(
+        (&replay.session, replay.seq, &replay.resume, &replay.frame),
+        (&first.session, first.seq, &first.resume, &first.frame),
+        "the qr exactly as A sent it"
+    );
+    // A let go of it; B polls the same intent.
+    a.wait_for_no_sessions().await;
+    assert_eq!(b.state.store.len(), 1);
+    tokio::time::timeout(
+        WAIT,
+        b.sim().wait_for_polls(|polls| {
+            polls
+                .iter()
+                .filter(|p| p.intent_id == intent && p.outcome == PollOutcome::Pending)
+                .count()
+                == 1
+                && polls.iter().filter(|p| p.intent_id == intent).count() == 2
+        }),
+    )
+    .await
+    .expect("B polls the same intent");
+    b.sim().scan(&intent).unwrap();
+    let (frames, code) = common::frames_until_close(&mut resumed).await;
+    match frames.as_slice() {
+        [account] => {
+            assert!(
+                matches!(account.frame, ServerFrame::Account { .. }),
+                "{account:?}"
+            );
+            assert_eq!(account.seq, first.seq + 1, "seq goes on across nodes");
+        }
+        other => panic!("expected the account alone, got {other:?}"),
+    }
+    assert_eq!(code, close::NORMAL);
+    assert_eq!(intents_started(&a), 1, "never a second Start Auth Intent");
+    b.wait_for_no_sessions().await;
+
+    // Nothing of the session is left under the prefix: the nodes' heartbeats only.
+    b.state.store.flush(WAIT).await;
+    let settled = tokio::time::timeout(WAIT, async {
+        while redis.keys(prefix).await.len() != keys_before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "keys left: {:?}", redis.keys(prefix).await);
+}
+
+#[tokio::test]
+async fn any_node_lists_every_nodes_sessions_and_a_delete_on_b_cancels_the_socket_on_a() {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let (a, b) = two_nodes(&redis, "qrt2:").await;
+    let mut client = a.connect("/ws/link/whatsapp").await;
+    let first = qr_envelope(&mut client).await;
+
+    let listed: serde_json::Value = reqwest::get(b.url("/api/sessions"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sessions = listed["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{listed}");
+    assert_eq!(sessions[0]["id"], first.session);
+    assert_eq!(sessions[0]["node"], "a");
+    assert_eq!(sessions[0]["provider"], "whatsapp");
+    assert_eq!(sessions[0]["rotation"], 1);
+    assert!(sessions[0].get("resume").is_none() && !listed.to_string().contains(&token_of(&first)));
+
+    let deleted = reqwest::Client::new()
+        .delete(b.url(&format!("/api/sessions/{}", first.session)))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let error = client.error().await;
+    assert_eq!(error.code, codes::CANCELLED);
+    assert_eq!(client.closed().await, close::NORMAL);
+    a.wait_for_no_sessions().await;
+
+    let unknown = reqwest::Client::new()
+        .delete(b.url("/api/sessions/ses_nobodyhasthisone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn a_resume_on_b_takes_over_the_socket_still_open_on_a() {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let (a, b) = two_nodes(&redis, "qrt3:").await;
+    let mut first_tab = a.connect("/ws/link/whatsapp").await;
+    let first = qr_envelope(&mut first_tab).await;
+    let intent = intent_of(&first);
+    a.wait_for_poll(&intent, PollOutcome::Pending).await;
+
+    let mut second_tab = b
+        .connect(&format!("/ws/link/whatsapp?resume={}", token_of(&first)))
+        .await;
+    match first_tab.next().await {
+        Next::Close(code) => assert_eq!(code, close::RESUMED_ELSEWHERE),
+        other => panic!("expected close 4000 and no frame, got {other:?}"),
+    }
+    let replay = qr_envelope(&mut second_tab).await;
+    assert!(replay.replay);
+    a.wait_for_poll(&intent, PollOutcome::HungUp).await;
+    b.sim().scan(&intent).unwrap();
+    common::ends_with_the_account(&mut second_tab).await;
+    assert_eq!(intents_started(&a), 1);
+}
+
+#[tokio::test]
+async fn a_node_that_shuts_down_closes_its_sockets_1012_and_another_node_resumes_them_all() {
+    const N: usize = 50;
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let (mut a, b) = two_nodes(&redis, "qrt4:").await;
+    let mut firsts = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let mut client = a.connect("/ws/link/whatsapp").await;
+        firsts.push(qr_envelope(&mut client).await);
+        clients.push(client);
+    }
+    a.shut_down();
+    for client in &mut clients {
+        match client.next().await {
+            Next::Close(code) => assert_eq!(code, close::SERVICE_RESTART),
+            other => panic!("expected close 1012 and no frame, got {other:?}"),
+        }
+    }
+    if let Some(served) = a.served.take() {
+        tokio::time::timeout(WAIT, served)
+            .await
+            .expect("A stops")
+            .unwrap()
+            .unwrap();
+    }
+
+    let mut resumed = Vec::new();
+    for first in &firsts {
+        let mut client = b
+            .connect(&format!("/ws/link/whatsapp?resume={}", token_of(first)))
+            .await;
+        let replay = qr_envelope(&mut client).await;
+        assert!(replay.replay);
+        assert_eq!((replay.seq, &replay.frame), (first.seq, &first.frame));
+        resumed.push(client);
+    }
+    for (first, client) in firsts.iter().zip(&mut resumed) {
+        let intent = intent_of(first);
+        tokio::time::timeout(
+            WAIT,
+            b.sim().wait_for_polls(|polls| {
+                polls
+                    .iter()
+                    .any(|p| p.intent_id == intent && p.outcome == PollOutcome::Pending)
+            }),
+        )
+        .await
+        .expect("B polls the intent");
+        b.sim().scan(&intent).unwrap();
+        common::ends_with_the_account(client).await;
+    }
+    assert_eq!(intents_started(&b), N, "{N} intents, not {}", 2 * N);
+    b.wait_for_no_sessions().await;
+}

@@ -1,0 +1,100 @@
+//! A real `redis-server` for the cluster tests: started on a free loopback port with no
+//! persistence, stopped (killed) when dropped.
+//!
+//! Without `redis-server` a test says why and passes, unless `CI` is set: CI must run the
+//! cluster tests (`.ci/run` installs the Debian package).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::WAIT;
+use super::browser::find_in_path;
+
+pub struct TestRedis {
+    child: Child,
+    pub port: u16,
+}
+
+impl TestRedis {
+    /// `None` when redis-server is missing and the test should skip (never on CI).
+    pub async fn start() -> Option<TestRedis> {
+        super::init_logs();
+        let Some(server) = find_in_path("redis-server") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server not found, and CI must run the cluster tests: \
+                 apt-get install redis-server (.ci/run does)"
+            );
+            println!("skipping: redis-server not found (apt-get install redis-server)");
+            return None;
+        };
+        // A free port: bound and released; redis-server takes it a moment later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = TestRedis { child, port };
+        tokio::time::timeout(WAIT, async {
+            while redis.ping().await.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("redis-server answers PING");
+        Some(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn ping(&self) -> Option<()> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0; 7];
+        s.read_exact(&mut buf).await.ok()?;
+        (&buf == b"+PONG\r\n").then_some(())
+    }
+
+    /// A connection for a test's own commands.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// The keys under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
