@@ -205,6 +205,15 @@ enum WireCursor {
     },
 }
 
+/// How a question to another node ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    Acked,
+    TimedOut,
+    /// Its heartbeat went while we waited.
+    NodeGone,
+}
+
 /// Why a session could not be taken from Redis.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum ClaimError {
@@ -497,8 +506,14 @@ impl Cluster {
         self.queue(Write::Command { node, body });
     }
 
-    /// Sends `command` (built with a request number) to `node` and waits for its ack.
-    async fn ask(&self, node: &str, command: impl FnOnce(u64) -> Command) -> bool {
+    /// Sends `command` (built with a request number) to `node` and waits for its ack, or for
+    /// the node's heartbeat to go (killed: nobody will answer, and what it had is in Redis).
+    async fn ask(
+        &self,
+        conn: &mut ConnectionManager,
+        node: &str,
+        command: impl FnOnce(u64) -> Command,
+    ) -> Asked {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.insert(request, tx);
@@ -507,9 +522,21 @@ impl Cluster {
             node: node.to_owned(),
             body,
         });
-        let acked = matches!(tokio::time::timeout(ACK_TIMEOUT, rx).await, Ok(Ok(())));
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        tokio::pin!(rx);
+        let asked = loop {
+            tokio::select! {
+                acked = &mut rx => break if acked.is_ok() { Asked::Acked } else { Asked::TimedOut },
+                () = tokio::time::sleep_until(deadline) => break Asked::TimedOut,
+                () = tokio::time::sleep(HEARTBEAT_EVERY / 4) => {
+                    if !self.alive(conn, node).await {
+                        break Asked::NodeGone;
+                    }
+                }
+            }
+        };
         self.pending.remove(&request);
-        acked
+        asked
     }
 
     // --- What memory.rs tells the cluster ---
@@ -647,14 +674,14 @@ impl Cluster {
             // It lives on a node that is up: that node lets go and writes where it stood.
             let from = self.node.clone();
             let session = id.to_owned();
-            if !self
-                .ask(&node, |request| Command::Handoff {
+            let asked = self
+                .ask(&mut conn, &node, |request| Command::Handoff {
                     session,
                     from,
                     request,
                 })
-                .await
-            {
+                .await;
+            if asked == Asked::TimedOut {
                 return Err(ClaimError::Busy);
             }
             let fields: HashMap<String, String> = conn
@@ -680,13 +707,18 @@ impl Cluster {
         let Some(node) = node else { return false };
         if node != self.node && self.alive(&mut conn, &node).await {
             let (session, from) = (id.to_owned(), self.node.clone());
-            return self
-                .ask(&node, |request| Command::Cancel {
+            let asked = self
+                .ask(&mut conn, &node, |request| Command::Cancel {
                     session,
                     from,
                     request,
                 })
                 .await;
+            match asked {
+                Asked::Acked => return true,
+                Asked::TimedOut => return false,
+                Asked::NodeGone => {}
+            }
         }
         // Its node is dead: nobody else will end it.
         self.ended(id);

@@ -286,3 +286,80 @@ async fn a_node_that_shuts_down_closes_its_sockets_1012_and_another_node_resumes
     assert_eq!(intents_started(&b), N, "{N} intents, not {}", 2 * N);
     b.wait_for_no_sessions().await;
 }
+
+#[tokio::test]
+async fn when_a_node_is_killed_every_session_resumes_on_another_within_the_heartbeat_and_2_s() {
+    const N: usize = 50;
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let prefix = "qrt5:";
+    let url = redis.url();
+    let cluster_args = |node: &'static str| {
+        [
+            "--resume-grace",
+            "60s",
+            "--redis-url",
+            url.as_str(),
+            "--redis-prefix",
+            prefix,
+            "--node-id",
+            node,
+        ]
+    };
+    let b = TestGateway::with(
+        common::sim_config(Duration::from_secs(30), 3),
+        &cluster_args("b"),
+    )
+    .await;
+    // Node A is a process of its own, so it can be killed outright.
+    let mut a =
+        common::binary::start_binary_with(&b.upstream.url(), "info", &cluster_args("a"), &[]).await;
+    let mut firsts = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let mut client = WsClient::connect(&format!("ws://{}/ws/link/whatsapp", a.addr)).await;
+        firsts.push(qr_envelope(&mut client).await);
+        clients.push(client);
+    }
+    a.child.start_kill().unwrap();
+    let killed = std::time::Instant::now();
+    a.child.wait().await.unwrap();
+    // Their connections are reset (no close handshake): the pages see a drop and resume.
+    drop(clients);
+    let resumes = firsts.iter().map(|first| {
+        let b = &b;
+        async move {
+            let mut client = b
+                .connect(&format!("/ws/link/whatsapp?resume={}", token_of(first)))
+                .await;
+            let replay = qr_envelope(&mut client).await;
+            assert!(replay.replay);
+            assert_eq!((replay.seq, &replay.frame), (first.seq, &first.frame));
+            client
+        }
+    });
+    let mut resumed = futures_util::future::join_all(resumes).await;
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(5),
+        "{N} sessions resumed {took:?} after the kill (heartbeat 3 s + 2 s)"
+    );
+    for (first, client) in firsts.iter().zip(&mut resumed) {
+        let intent = intent_of(first);
+        tokio::time::timeout(
+            WAIT,
+            b.sim().wait_for_polls(|polls| {
+                polls
+                    .iter()
+                    .any(|p| p.intent_id == intent && p.outcome == PollOutcome::Pending)
+            }),
+        )
+        .await
+        .expect("B polls the intent");
+        b.sim().scan(&intent).unwrap();
+        common::ends_with_the_account(client).await;
+    }
+    assert_eq!(intents_started(&b), N);
+    b.wait_for_no_sessions().await;
+}
