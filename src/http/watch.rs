@@ -57,7 +57,8 @@ async fn watch_socket(
     let _gauge = scopeguard(|| metrics::gauge!("qrlink_watchers").decrement(1.0));
     let sessions: Vec<_> = state
         .store
-        .snapshot()
+        .snapshot_all()
+        .await
         .into_iter()
         .filter(|s| filter.as_ref().is_none_or(|f| *f == s.id))
         .collect();

@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::memory::Memory;
-use super::{Phase, SessionInfo};
-use crate::link::protocol::ServerFrame;
+use super::{Outcome, Phase, SessionInfo, WatchEvent};
+use crate::link::protocol::{Envelope, ServerFrame};
 use crate::link::{Cursor, LinkRequest, QrFormats, Resume};
 
 /// A node's heartbeat lives this long; it is renewed every [`HEARTBEAT_EVERY`].
@@ -47,6 +47,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a blocking pop of the command list waits before it looks at shutdown again.
 const POP_BLOCK_SECS: f64 = 1.0;
+/// Watch events the stream keeps (about: `MAXLEN ~`); a node that was away longer than these
+/// take to fill misses the oldest, and its watchers are told (`lagged`).
+const EVENTS_KEPT: usize = 10_000;
 
 /// What a node needs to join the cluster.
 #[derive(Debug, Clone)]
@@ -102,6 +105,8 @@ enum Write {
     Ended { id: String },
     /// Appends a command to a node's list.
     Command { node: String, body: String },
+    /// Appends a watch event to the stream every node reads.
+    Event { body: String },
 }
 
 /// A command between nodes.
@@ -121,6 +126,106 @@ enum Command {
     Ack {
         request: u64,
     },
+}
+
+/// A watch event in the stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireEvent {
+    Opened {
+        session: String,
+        provider: String,
+        client: String,
+        at: String,
+    },
+    Frame {
+        envelope: Envelope,
+    },
+    Detached {
+        session: String,
+        at: String,
+    },
+    Resumed {
+        session: String,
+        at: String,
+    },
+    Closed {
+        session: String,
+        outcome: Outcome,
+        duration_ms: u64,
+        code: Option<String>,
+    },
+}
+
+impl WireEvent {
+    fn of(event: &WatchEvent) -> WireEvent {
+        match event.clone() {
+            WatchEvent::Opened {
+                session,
+                provider,
+                client,
+                at,
+            } => WireEvent::Opened {
+                session,
+                provider,
+                client,
+                at,
+            },
+            WatchEvent::Frame(env) => {
+                let mut envelope = (*env).clone();
+                envelope.resume = None;
+                if let ServerFrame::Qr(q) = &mut envelope.frame {
+                    q.svg = None;
+                    q.text = None;
+                    q.raw = None;
+                }
+                WireEvent::Frame { envelope }
+            }
+            WatchEvent::Detached { session, at } => WireEvent::Detached { session, at },
+            WatchEvent::Resumed { session, at } => WireEvent::Resumed { session, at },
+            WatchEvent::Closed {
+                session,
+                outcome,
+                duration_ms,
+                code,
+            } => WireEvent::Closed {
+                session,
+                outcome,
+                duration_ms,
+                code,
+            },
+        }
+    }
+
+    fn into_event(self) -> WatchEvent {
+        match self {
+            WireEvent::Opened {
+                session,
+                provider,
+                client,
+                at,
+            } => WatchEvent::Opened {
+                session,
+                provider,
+                client,
+                at,
+            },
+            WireEvent::Frame { envelope } => WatchEvent::Frame(Arc::new(envelope)),
+            WireEvent::Detached { session, at } => WatchEvent::Detached { session, at },
+            WireEvent::Resumed { session, at } => WatchEvent::Resumed { session, at },
+            WireEvent::Closed {
+                session,
+                outcome,
+                duration_ms,
+                code,
+            } => WatchEvent::Closed {
+                session,
+                outcome,
+                duration_ms,
+                code,
+            },
+        }
+    }
 }
 
 /// A session's record as read back from Redis, for the node that adopts it.
@@ -276,6 +381,7 @@ impl Cluster {
             tokio::spawn(self.clone().writer(rx));
         }
         tracker.spawn(self.clone().heartbeat(shutdown.clone()));
+        tracker.spawn(self.clone().events(memory.clone(), shutdown.clone()));
         tracker.spawn(self.clone().commands(memory, shutdown));
     }
 
@@ -285,6 +391,10 @@ impl Cluster {
 
     fn directory(&self) -> String {
         format!("{}sessions", self.prefix)
+    }
+
+    fn events_key(&self) -> String {
+        format!("{}events", self.prefix)
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -389,6 +499,19 @@ impl Cluster {
                 pipe.del(self.key(id)).ignore();
                 pipe.srem(self.directory(), id).ignore();
             }
+            Write::Event { body } => {
+                pipe.cmd("XADD")
+                    .arg(self.events_key())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(EVENTS_KEPT)
+                    .arg("*")
+                    .arg("node")
+                    .arg(&self.node)
+                    .arg("event")
+                    .arg(body)
+                    .ignore();
+            }
             Write::Command { node, body } => {
                 let key = self.command_key(node);
                 pipe.rpush(&key, body).ignore();
@@ -400,6 +523,12 @@ impl Cluster {
 
     async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
         let key = self.node_key(&self.node);
+        // Announced on the stream (it also makes the stream exist from the start, so the keys
+        // under the prefix are the same before and after sessions come and go).
+        let up = serde_json::json!({"type": "node_up", "node": self.node});
+        self.queue(Write::Event {
+            body: up.to_string(),
+        });
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tokio::select! {
@@ -497,6 +626,91 @@ impl Cluster {
                         this.ack(from, request);
                     });
                 }
+            }
+        }
+    }
+
+    /// A watch event of this node's, for the other nodes' watchers (this node's own get it
+    /// directly). QR renderings stay out of the stream: they are kilobytes per QR, and a remote
+    /// watcher gets the frame's rotation, intent and expiry.
+    pub(super) fn published(&self, event: &WatchEvent) {
+        let wire = WireEvent::of(event);
+        if let Ok(body) = serde_json::to_string(&wire) {
+            self.queue(Write::Event { body });
+        }
+    }
+
+    /// Reads the other nodes' watch events from the stream, from the last id seen (a Redis
+    /// outage loses none of them), for this node's watchers.
+    async fn events(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
+        let key = self.events_key();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = ConnectionManager::new_with_config(self.client.clone(), config.clone()) => match c {
+                    Ok(c) => break c,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                },
+            }
+        };
+        // From now on (a watcher's snapshot covers what came before). Not `$`: that would skip
+        // what arrives between two reads.
+        let mut last = format!("{}-0", unix_ms(SystemTime::now()));
+        let mut failing = false;
+        loop {
+            let mut xread = redis::cmd("XREAD");
+            xread
+                .arg("COUNT")
+                .arg(512)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&last);
+            let read = xread.query_async::<Option<redis::streams::StreamReadReply>>(&mut conn);
+            let reply = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = read => r,
+            };
+            let reply = match reply {
+                Ok(reply) => {
+                    if failing {
+                        tracing::info!("watch events from other nodes flow again");
+                        failing = false;
+                    }
+                    reply
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %why(&e), "cannot read other nodes' watch events; retrying");
+                        failing = true;
+                    }
+                    metrics::counter!("qrlink_redis_errors_total", "op" => "events").increment(1);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Some(memory) = memory.upgrade() else {
+                return;
+            };
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                last = entry.id.clone();
+                let node: Option<String> = entry.get("node");
+                if node.as_deref() == Some(self.node.as_str()) {
+                    continue;
+                }
+                let body: Option<String> = entry.get("event");
+                let Some(event) = body
+                    .and_then(|b| serde_json::from_str::<WireEvent>(&b).ok())
+                    .map(WireEvent::into_event)
+                else {
+                    continue;
+                };
+                memory.deliver(event);
             }
         }
     }

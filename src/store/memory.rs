@@ -184,9 +184,27 @@ impl Memory {
         }
     }
 
+    /// Tells this node's watchers (and, in cluster mode, the other nodes') about an event;
+    /// builds nothing when nobody can watch.
     fn publish(&self, event: impl FnOnce() -> WatchEvent) {
+        match &self.cluster {
+            Some(cluster) => {
+                let event = event();
+                cluster.published(&event);
+                self.deliver(event);
+            }
+            None => {
+                if self.events.receiver_count() > 0 {
+                    let _ = self.events.send(event());
+                }
+            }
+        }
+    }
+
+    /// Hands an event to this node's watchers.
+    pub(super) fn deliver(&self, event: WatchEvent) {
         if self.events.receiver_count() > 0 {
-            let _ = self.events.send(event());
+            let _ = self.events.send(event);
         }
     }
 

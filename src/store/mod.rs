@@ -34,7 +34,7 @@ pub use memory::{Attachment, Interrupt, Session};
 pub const WATCH_BUFFER: usize = 1024;
 
 /// How a session ended, for `closed` events and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The account was linked.

@@ -12,37 +12,44 @@ use qrlink::store::WatchEvent;
 use crate::common::redis::TestRedis;
 use crate::common::{self, Next, TestGateway, WAIT, WsClient};
 
-/// Two nodes, `a` and `b`, sharing `redis` under a prefix of their own; QRs that outlive the
-/// test, a grace long enough for every resume.
-async fn two_nodes(redis: &TestRedis, prefix: &str) -> (TestGateway, TestGateway) {
+/// Gateway nodes named `names`, sharing `redis` under a prefix of their own and one simulator;
+/// QRs that outlive the test, a grace long enough for every resume.
+async fn nodes(redis: &TestRedis, prefix: &str, names: &[&str]) -> Vec<TestGateway> {
     let url = redis.url();
-    let args = |node: &'static str| {
-        vec![
-            "--resume-grace".to_owned(),
-            "60s".to_owned(),
-            "--redis-url".to_owned(),
-            url.clone(),
-            "--redis-prefix".to_owned(),
-            prefix.to_owned(),
-            "--node-id".to_owned(),
-            node.to_owned(),
-        ]
-    };
-    let a_args = args("a");
-    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
-    let a = TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &a_args).await;
-    let b_args = args("b");
-    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
-    let b = TestGateway::beside(&a, &b_args).await;
-    // Both heartbeats are in: each node sees the other alive from here on.
+    let mut nodes: Vec<TestGateway> = Vec::new();
+    for name in names {
+        let args = [
+            "--resume-grace",
+            "60s",
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            prefix,
+            "--node-id",
+            name,
+        ];
+        nodes.push(match nodes.first() {
+            None => TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &args).await,
+            Some(first) => TestGateway::beside(first, &args).await,
+        });
+    }
+    // Every heartbeat is in (each node sees the others alive from here on), and the events
+    // stream exists.
     tokio::time::timeout(WAIT, async {
-        while redis.keys(&format!("{prefix}node:")).await.len() < 2 {
+        while redis.keys(&format!("{prefix}node:")).await.len() < names.len()
+            || redis.keys(&format!("{prefix}events")).await.is_empty()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("both nodes' heartbeats in Redis");
-    (a, b)
+    .expect("every node's heartbeat in Redis");
+    nodes
+}
+
+async fn two_nodes(redis: &TestRedis, prefix: &str) -> (TestGateway, TestGateway) {
+    let mut both = nodes(redis, prefix, &["a", "b"]).await.into_iter();
+    (both.next().unwrap(), both.next().unwrap())
 }
 
 async fn qr_envelope(client: &mut WsClient) -> Envelope {
@@ -362,4 +369,44 @@ async fn when_a_node_is_killed_every_session_resumes_on_another_within_the_heart
     }
     assert_eq!(intents_started(&b), N);
     b.wait_for_no_sessions().await;
+}
+
+#[tokio::test]
+async fn a_watcher_on_a_third_node_sees_a_session_that_moved_between_two_others_once_in_order() {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let all = nodes(&redis, "qrt6:", &["a", "b", "c"]).await;
+    let (a, b, c) = (&all[0], &all[1], &all[2]);
+    let mut watcher = c.connect("/ws/watch").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+    assert_eq!(snapshot["type"], "snapshot");
+
+    let mut events = a.state.store.subscribe();
+    let mut client = a.connect("/ws/link/whatsapp").await;
+    let first = qr_envelope(&mut client).await;
+    let intent = intent_of(&first);
+    a.wait_for_poll(&intent, PollOutcome::Pending).await;
+    drop(client);
+    wait_detached(a, &mut events, &first.session).await;
+    let mut resumed = b
+        .connect(&format!("/ws/link/whatsapp?resume={}", token_of(&first)))
+        .await;
+    qr_envelope(&mut resumed).await;
+    b.sim().scan(&intent).unwrap();
+    common::ends_with_the_account(&mut resumed).await;
+
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("closed") {
+        let event: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+        if event["session"] == first.session {
+            assert!(event.get("resume").is_none(), "{event}");
+            seen.push(event["type"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        seen,
+        ["opened", "qr", "detached", "resumed", "account", "closed"],
+        "each event once, in order"
+    );
 }
