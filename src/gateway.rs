@@ -106,6 +106,8 @@ impl Gateway {
                         url: url.clone(),
                         node: config.node_id.clone().unwrap_or_else(default_node_id),
                         prefix: config.redis_prefix.clone(),
+                        max_sessions_per_ip: config.max_sessions_per_ip,
+                        sessions_per_ip_per_minute: config.sessions_per_ip_per_minute,
                     },
                     config.resume_grace,
                     config.max_attempt_duration,

@@ -210,7 +210,7 @@ async fn link_socket(socket: Box<Socket>, state: Arc<AppState>, attempt: Attempt
         }
         None => None,
     };
-    let permit = match state.store.admit(client.ip()) {
+    let permit = match state.store.admit(client.ip()).await {
         Ok(p) => p,
         Err(denied) => return Box::pin(refuse_denied(socket, client, denied)).await,
     };
@@ -264,7 +264,7 @@ async fn resume_socket(
     client: SocketAddr,
     token: &str,
 ) {
-    let permit = match state.store.admit_resume(client.ip()) {
+    let permit = match state.store.admit_resume(client.ip()).await {
         Ok(p) => p,
         Err(denied) => return refuse_denied(socket, client, denied).await,
     };

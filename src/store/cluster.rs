@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::memory::Memory;
-use super::{Outcome, Phase, SessionInfo, WatchEvent};
+use super::{Denied, Outcome, Phase, SessionInfo, WatchEvent};
 use crate::link::protocol::{Envelope, ServerFrame};
 use crate::link::{Cursor, LinkRequest, QrFormats, Resume};
 
@@ -60,6 +60,10 @@ pub struct ClusterConfig {
     pub node: String,
     /// Key prefix.
     pub prefix: String,
+    /// Open sessions per client address, across nodes.
+    pub max_sessions_per_ip: usize,
+    /// New sessions per client address per minute, across nodes.
+    pub sessions_per_ip_per_minute: u32,
 }
 
 /// A node's link to the others.
@@ -77,6 +81,8 @@ pub struct Cluster {
     /// Acks this node waits for, by request number.
     pending: DashMap<u64, oneshot::Sender<()>>,
     next_request: AtomicU64,
+    /// Per-address limits: open sessions, new ones a minute.
+    limits: (usize, u32),
     /// TTLs of a session's hash: while attached, once detached.
     attached_ttl: Duration,
     grace: Duration,
@@ -107,6 +113,8 @@ enum Write {
     Command { node: String, body: String },
     /// Appends a watch event to the stream every node reads.
     Event { body: String },
+    /// Releases an address's admission.
+    Release { key: String },
 }
 
 /// A command between nodes.
@@ -310,6 +318,50 @@ enum WireCursor {
     },
 }
 
+/// Admits one more session from an address across every node, atomically: its open sessions
+/// (`KEYS[1]`, a counter) under `ARGV[1]`, and a token bucket of `ARGV[2]` a minute
+/// (`KEYS[2]`). `ARGV[3]` is now in ms, `ARGV[4]` the counter's TTL. The bucket's TTL is the
+/// time it takes to refill: an expired bucket is a full one. 1 = admitted.
+const ADMIT: &str = r"
+local max_active = tonumber(ARGV[1])
+local per_minute = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local active = tonumber(redis.call('GET', KEYS[1]) or '0')
+if active >= max_active then return 0 end
+local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'at')
+local tokens = tonumber(bucket[1]) or per_minute
+local at = tonumber(bucket[2]) or now
+tokens = math.min(per_minute, tokens + math.max(0, now - at) * per_minute / 60000)
+if tokens < 1 then return 0 end
+tokens = tokens - 1
+redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[2], math.max(1, math.ceil((per_minute - tokens) * 60000 / per_minute)))
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+/// Releases what [`ADMIT`] counted; the counter goes when it reaches 0.
+const RELEASE: &str = r"
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
+/// An admission counted in Redis; released (through the write queue) when dropped.
+#[derive(Debug)]
+pub struct Hold {
+    cluster: Arc<Cluster>,
+    key: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.cluster.queue(Write::Release {
+            key: std::mem::take(&mut self.key),
+        });
+    }
+}
+
 /// How a question to another node ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Asked {
@@ -339,6 +391,10 @@ impl Cluster {
         grace: Duration,
         max_attempt: Duration,
     ) -> Result<Arc<Cluster>, String> {
+        let limits = (
+            config.max_sessions_per_ip,
+            config.sessions_per_ip_per_minute,
+        );
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| format!("QRLINK_REDIS_URL is not a usable Redis URL ({})", why(&e)))?;
         let (writes, rx) = mpsc::unbounded_channel();
@@ -353,6 +409,7 @@ impl Cluster {
             written: tokio::sync::watch::Sender::new(0),
             pending: DashMap::new(),
             next_request: AtomicU64::new(1),
+            limits,
             attached_ttl: max_attempt + grace,
             grace,
         });
@@ -499,6 +556,9 @@ impl Cluster {
                 pipe.del(self.key(id)).ignore();
                 pipe.srem(self.directory(), id).ignore();
             }
+            Write::Release { key } => {
+                pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).ignore();
+            }
             Write::Event { body } => {
                 pipe.cmd("XADD")
                     .arg(self.events_key())
@@ -551,6 +611,43 @@ impl Cluster {
                         .increment(1);
                     tracing::debug!(error = %why(&e), "heartbeat failed");
                 }
+            }
+        }
+    }
+
+    /// Admits a session from address `ip` across every node. `Ok(None)` when Redis does not
+    /// answer: the attempt goes on under this node's limits alone (logged, counted).
+    pub(super) async fn admit(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+    ) -> Result<Option<Hold>, Denied> {
+        let Some(mut conn) = self.conn().await else {
+            metrics::counter!("qrlink_redis_errors_total", "op" => "limits").increment(1);
+            return Ok(None);
+        };
+        let tag = format!("{}{{ip:{ip}}}", self.prefix);
+        let (active, bucket) = (format!("{tag}:active"), format!("{tag}:bucket"));
+        let admitted: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(ADMIT)
+            .arg(2)
+            .arg(&active)
+            .arg(&bucket)
+            .arg(self.limits.0)
+            .arg(self.limits.1)
+            .arg(unix_ms(SystemTime::now()))
+            .arg(self.attached_ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        match admitted {
+            Ok(1) => Ok(Some(Hold {
+                cluster: self.clone(),
+                key: active,
+            })),
+            Ok(_) => Err(Denied::RateLimited),
+            Err(e) => {
+                metrics::counter!("qrlink_redis_errors_total", "op" => "limits").increment(1);
+                tracing::warn!(error = %why(&e), "cannot check the address limits across nodes; this node's alone apply");
+                Ok(None)
             }
         }
     }

@@ -79,6 +79,8 @@ struct Inner {
 pub struct Permit {
     limits: Limits,
     key: IpAddr,
+    /// Cluster mode: the same admission counted across nodes, released with this one.
+    pub(super) remote: Option<super::cluster::Hold>,
 }
 
 /// The key `ip` is limited under: an IPv4 address as is (also when it arrives IPv4-mapped,
@@ -178,6 +180,7 @@ impl Limits {
         Ok(Permit {
             limits: self.clone(),
             key,
+            remote: None,
         })
     }
 

@@ -265,15 +265,26 @@ impl Store {
     }
 
     /// Admits a new link attempt from `ip`: the overall cap, then the address's limits.
-    pub fn admit(&self, ip: IpAddr) -> Result<Permit, Denied> {
+    pub async fn admit(&self, ip: IpAddr) -> Result<Permit, Denied> {
         let m = self.memory_backend();
-        m.limits.admit(ip, m.len())
+        let permit = m.limits.admit(ip, m.len())?;
+        self.admit_across_nodes(ip, permit).await
+    }
+
+    /// Cluster mode: the address's limits across every node, atomically in Redis, on top of
+    /// this node's own (which never refuse what the cluster would admit).
+    async fn admit_across_nodes(&self, ip: IpAddr, mut permit: Permit) -> Result<Permit, Denied> {
+        if let Some(cluster) = &self.memory_backend().cluster {
+            permit.remote = cluster.admit(limits::key_of(ip)).await?;
+        }
+        Ok(permit)
     }
 
     /// Admits a resume from `ip`: the address's limits as for a new attempt, but not the
     /// overall cap, which already counts the session (a resumed session counts once).
-    pub fn admit_resume(&self, ip: IpAddr) -> Result<Permit, Denied> {
-        self.memory_backend().limits.admit(ip, 0)
+    pub async fn admit_resume(&self, ip: IpAddr) -> Result<Permit, Denied> {
+        let permit = self.memory_backend().limits.admit(ip, 0)?;
+        self.admit_across_nodes(ip, permit).await
     }
 
     /// Opens a session for a new link attempt, attached to the calling socket.

@@ -410,3 +410,52 @@ async fn a_watcher_on_a_third_node_sees_a_session_that_moved_between_two_others_
         "each event once, in order"
     );
 }
+
+#[tokio::test]
+async fn a_per_address_limit_holds_across_nodes_and_frees_up_when_a_session_ends() {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let prefix = "qrt7:";
+    let url = redis.url();
+    let args = |node: &'static str| {
+        [
+            "--resume-grace",
+            "60s",
+            "--redis-url",
+            url.as_str(),
+            "--redis-prefix",
+            prefix,
+            "--node-id",
+            node,
+            "--max-sessions-per-ip",
+            "2",
+        ]
+    };
+    let a = TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &args("a")).await;
+    let b = TestGateway::beside(&a, &args("b")).await;
+
+    let mut on_a = a.connect("/ws/link/whatsapp").await;
+    qr_envelope(&mut on_a).await;
+    let mut on_b = b.connect("/ws/link/whatsapp").await;
+    qr_envelope(&mut on_b).await;
+    for node in [&a, &b] {
+        let mut third = node.connect("/ws/link/whatsapp").await;
+        assert_eq!(
+            third.error().await.code,
+            codes::RATE_LIMITED,
+            "on {}",
+            node.addr
+        );
+        assert_eq!(third.closed().await, close::TRY_AGAIN_LATER);
+    }
+
+    // A session that ends gives its place back, on any node.
+    on_b.send_json(serde_json::json!({"type": "cancel"})).await;
+    assert_eq!(on_b.closed().await, close::NORMAL);
+    b.wait_for_no_sessions().await;
+    b.state.store.flush(WAIT).await;
+    let mut again = a.connect("/ws/link/whatsapp").await;
+    qr_envelope(&mut again).await;
+    drop((on_a, again));
+}
