@@ -45,6 +45,19 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Mint a connect token, for trying out `QRLINK_TOKEN_SECRET`.
     Token(TokenArgs),
+    /// Check a result token (the `result` of an `account` frame) by hand: prints its claims
+    /// as JSON, or says why it does not verify (exit status 1).
+    VerifyResult(VerifyResultArgs),
+}
+
+/// Settings of `qrlink verify-result`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyResultArgs {
+    /// The result token.
+    pub token: String,
+    /// The HS256 secret the gateway signs with (its connect-token secret).
+    #[arg(long, env = "QRLINK_TOKEN_SECRET", hide_env_values = true)]
+    pub secret: String,
 }
 
 /// Settings of `qrlink token`.

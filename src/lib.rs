@@ -16,6 +16,8 @@
 //!   [`link::protocol`], the wire frames, error and close codes, limits.
 //! - [`store`]: the session store: every attempt's record (attached or detached), the directory,
 //!   watch events, resume and takeover, admission limits; `memory` behind one interface.
+//! - [`notify`]: telling the app's backend the outcome: result tokens and Standard Webhooks
+//!   (an outbox, a deliverer).
 //! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries; HTTP/1.1 over
 //!   reqwest, or HTTP/2 streams on its own small pool of connections (`upstream/h2pool.rs`).
 //! - [`qr`]: QR encoding and SVG / terminal rendering, pure functions.
@@ -38,6 +40,7 @@ pub mod http;
 pub mod link;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod qr;
 pub mod secret;
 pub mod simulator;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use qrlink::config::{Cli, Command, Config, LogFormat, SimulateArgs, TokenArgs};
+use qrlink::config::{Cli, Command, Config, LogFormat, SimulateArgs, TokenArgs, VerifyResultArgs};
 use qrlink::http::auth;
 use qrlink::simulator::{Simulator, SimulatorConfig};
 use qrlink::{Gateway, telemetry};
@@ -27,7 +27,15 @@ fn main() -> anyhow::Result<()> {
             token(args);
             Ok(())
         }
+        Some(Command::VerifyResult(args)) => verify_result(args),
     }
+}
+
+/// Prints a result token's claims if it verifies; an error (exit status 1) says why not.
+fn verify_result(args: VerifyResultArgs) -> anyhow::Result<()> {
+    let claims = qrlink::notify::result::verify(&args.secret, args.token.trim())?;
+    println!("{}", serde_json::to_string_pretty(&claims)?);
+    Ok(())
 }
 
 /// [`qrlink::config::runtime`], with the error said.

@@ -79,7 +79,9 @@
  *
  * Messages to the host (window.opener, or window.parent when framed)
  *   On each terminal frame the page posts one message:
- *     {source:"qrlink", version:1, type:"account", provider, session, account, state}
+ *     {source:"qrlink", version:1, type:"account", provider, session, account, state, result}
+ *   `result` is the result token (connect tokens on): a JWT the host passes to its backend,
+ *   which verifies it (README, "Tell your backend") instead of trusting this message.
  *     {source:"qrlink", version:1, type:"timeout", provider, session, rotations}
  *     {source:"qrlink", version:1, type:"error",   provider, session, code, message,
  *      retryable, detail, req_id}
@@ -88,9 +90,10 @@
  *   - With `?origin=https://host.example` (a valid http(s) origin) the message is posted with
  *     that targetOrigin, so the browser delivers it only to that origin, and it carries
  *     everything: the full upstream `account` object, `state` (the connect token's subject),
- *     and the error's `detail` and `req_id`.
+ *     `result`, and the error's `detail` and `req_id`.
  *   - Without it, the targetOrigin is "*" and the message is reduced to what is not secret:
- *     `account` is only {id, provider, name}; `state`, `detail` and `req_id` are left out.
+ *     `account` is only {id, provider, name}; `state`, `result`, `detail` and `req_id` are
+ *     left out (a result token is a credential for one use: only the named host gets it).
  *   Hosts should check event.data.source === "qrlink" and, when they can, event.origin.
  *   (frame-ancestors 'self' means only same-origin pages can frame this page; a popup
  *   opened by window.open works from any origin.)
@@ -553,6 +556,7 @@
       session: a.session,
       account: account,
       state: typeof frame.state === 'string' ? frame.state : null,
+      result: typeof frame.result === 'string' ? frame.result : null,
     });
   }
 
@@ -1420,6 +1424,7 @@
         };
       }
       delete data.state;
+      delete data.result;
       delete data.detail;
       delete data.req_id;
     }

@@ -37,6 +37,7 @@ use crate::link::protocol::{
     ClientFrame, Envelope, ErrorFrame, MAX_CLIENT_MESSAGE_BYTES, ServerFrame, close, codes,
 };
 use crate::link::{self, LinkRequest, QrFormats};
+use crate::notify;
 use crate::state::AppState;
 use crate::store::{Attachment, Denied, Interrupt, Outcome, ResumeRefused, Resumed};
 
@@ -492,11 +493,16 @@ async fn emit(
     session: &Attachment,
     frame: ServerFrame,
 ) -> Result<(), ()> {
-    let envelope = session.record(frame);
+    let mut envelope = session.record(frame);
+    let secret = state.config.token_secret.as_deref();
+    let signed = notify::result::stamp(&mut envelope, secret, &session.provider);
     // Cluster mode: the record reaches Redis before the frame leaves, so a resume on another
     // node finds what the page shows; a slow Redis holds it up briefly, never longer.
     session.written().await;
     let sent = send_frame(socket, state.config.client_timeout, &envelope).await;
+    if signed {
+        notify::result::unstamp(&mut envelope);
+    }
     session.publish_frame(envelope);
     sent
 }

@@ -288,6 +288,7 @@ pub async fn run(
                     .send_boxed(ServerFrame::Account {
                         account,
                         state: req.state.clone(),
+                        result: None,
                     })
                     .await;
                 return;

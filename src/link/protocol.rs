@@ -70,6 +70,11 @@ pub enum ServerFrame {
         /// The connect token's `sub`, when the attempt had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         state: Option<String>,
+        /// The result token (v1.1, with connect tokens on): a JWT the app's backend verifies
+        /// instead of trusting the browser ([`crate::notify::result`]). Added by the socket as
+        /// the frame leaves, never shown to watchers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
     },
     /// Terminal: nobody scanned before the provider gave up.
     Timeout {

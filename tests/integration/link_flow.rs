@@ -29,10 +29,15 @@ async fn rotation_then_scan_gives_two_different_qrs_then_the_account_and_close_1
     gw.sim().scan(&second.intent_id).expect("scan");
     let account = client.frame().await;
     match &account.frame {
-        ServerFrame::Account { account, state } => {
+        ServerFrame::Account {
+            account,
+            state,
+            result,
+        } => {
             assert!(account["id"].as_str().unwrap().starts_with("acc_"));
             assert_eq!(account["provider"], "whatsapp");
             assert_eq!(*state, None);
+            assert_eq!(*result, None, "no result token without connect tokens");
         }
         other => panic!("expected an account frame, got {other:?}"),
     }

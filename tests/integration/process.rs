@@ -220,10 +220,41 @@ async fn qrlink_token_mints_a_token_the_gateway_accepts() {
         WsClient::connect(&format!("ws://{}/ws/link/whatsapp?token={token}", bin.addr)).await;
     let qr = c.qr().await;
     sim.sim.scan(&qr.intent_id).unwrap();
-    match c.frame().await.frame {
-        ServerFrame::Account { state, .. } => assert_eq!(state.as_deref(), Some("user-9")),
+    let (account_id, result) = match c.frame().await.frame {
+        ServerFrame::Account {
+            state,
+            account,
+            result,
+        } => {
+            assert_eq!(state.as_deref(), Some("user-9"));
+            (account["id"].clone(), result.expect("a result token"))
+        }
         other => panic!("expected an account frame, got {other:?}"),
-    }
+    };
+
+    // `qrlink verify-result` checks it by hand, with the secret from the environment.
+    let verify = |secret: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qrlink"))
+            .args(["verify-result", &result])
+            .env("QRLINK_TOKEN_SECRET", secret)
+            .output()
+            .expect("qrlink verify-result runs")
+    };
+    let out = verify(TOKEN_SECRET);
+    assert!(out.status.success(), "{out:?}");
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["account_id"], account_id);
+    assert_eq!(claims["sub"], "user-9");
+    assert_eq!(claims["provider"], "whatsapp");
+    assert_eq!(claims["iss"], "qrlink");
+    let out = verify("not-the-secret");
+    assert!(!out.status.success(), "a forged token must fail: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad signature"), "{stderr}");
+    assert!(
+        !stderr.contains(&result),
+        "the token is not echoed: {stderr}"
+    );
 }
 
 #[tokio::test]

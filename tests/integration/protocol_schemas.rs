@@ -469,6 +469,7 @@ fn every_frame_the_gateway_types_can_build_matches_the_schemas() {
         ServerFrame::Account {
             account,
             state: Some("user-42".into()),
+            result: Some("eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJxcmxpbmsifQ.c2ln".into()),
         },
         ServerFrame::Timeout { rotations: 5 },
         ServerFrame::Error(ErrorFrame {

@@ -132,13 +132,29 @@ async fn a_valid_token_links_with_its_subject_as_state_and_its_account_and_proxy
         .await;
     let qr = client.qr().await;
     gw.sim().scan(&qr.intent_id).unwrap();
-    match client.frame().await.frame {
-        ServerFrame::Account { account, state } => {
+    let frame = client.frame().await;
+    match frame.frame {
+        ServerFrame::Account {
+            account,
+            state,
+            result,
+        } => {
             assert_eq!(state.as_deref(), Some("user-42"));
             assert_eq!(
                 account["id"], "acc_relinkme",
                 "the token's account, not the URL's"
             );
+            let token = result.expect("a result token with connect tokens on");
+            let claims = qrlink::notify::result::verify(SECRET, &token)
+                .unwrap_or_else(|e| panic!("the result token verifies: {e}"));
+            assert_eq!(claims.iss, "qrlink");
+            assert_eq!(claims.sub.as_deref(), Some("user-42"));
+            assert_eq!(claims.account_id, "acc_relinkme");
+            assert_eq!(claims.provider, "whatsapp");
+            assert_eq!(claims.session, frame.session);
+            assert_eq!(claims.exp - claims.iat, 300);
+            assert!(claims.iat.abs_diff(now_secs()) <= 5, "{claims:?}");
+            assert!(qrlink::notify::result::verify("another-secret", &token).is_err());
         }
         other => panic!("expected an account frame, got {other:?}"),
     }
