@@ -219,10 +219,6 @@ pub struct Config {
     #[arg(long, env = "QRLINK_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// This node's name in cluster mode (default: host name and pid).
-    #[arg(long, env = "QRLINK_NODE_ID")]
-    pub node_id: Option<String>,
-
     /// Prefix of every Redis key in cluster mode.
     #[arg(long, env = "QRLINK_REDIS_PREFIX", default_value = "qrlink:")]
     pub redis_prefix: String,
@@ -254,6 +250,39 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "QRLINK_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// This node's name, in webhooks (`data.node`), `/api/sessions` and the cluster's records.
+    /// Default: the host name and the process id.
+    #[arg(long, env = "QRLINK_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Where each outcome is POSTed as a Standard Webhook (`link.succeeded`, `link.failed`,
+    /// `link.expired`, `link.abandoned`); needs `--webhook-secret`.
+    #[arg(long, env = "QRLINK_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Signing secrets of the webhooks, `whsec_` followed by base64, space separated: each
+    /// signs every webhook, so a receiver can move to a new secret without missing one.
+    #[arg(long, env = "QRLINK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Longest a webhook attempt may take (connection, request and answer); then it is retried.
+    #[arg(long, env = "QRLINK_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Webhook attempts in flight at once.
+    #[arg(long, env = "QRLINK_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_concurrency: u32,
+
+    /// Tests only: multiplies the webhook retry schedule (5 s, 5 min, 30 min … 24 h), so a
+    /// test sees retries in milliseconds.
+    #[arg(
+        long,
+        env = "QRLINK_WEBHOOK_RETRY_SCALE",
+        default_value_t = 1.0,
+        hide = true
+    )]
+    pub webhook_retry_scale: f64,
 }
 
 /// HTTP version of the Unipile client (`--upstream-http`).
@@ -314,7 +343,52 @@ impl Config {
                 humantime::format_duration(self.ping_interval)
             ));
         }
+        self.webhook()?;
         Ok(())
+    }
+
+    /// The webhook settings, `None` without a webhook URL. Refuses, in one line each, a URL
+    /// without a secret, a secret that is not `whsec_` and base64, and a URL that is not http(s).
+    pub fn webhook(&self) -> Result<Option<crate::notify::WebhookConfig>, String> {
+        let Some(url) = &self.webhook_url else {
+            return Ok(None);
+        };
+        let Some(secret) = &self.webhook_secret else {
+            return Err(
+                "--webhook-url needs --webhook-secret (QRLINK_WEBHOOK_SECRET, whsec_…): \
+                        receivers must be able to check that a webhook comes from this gateway"
+                    .to_owned(),
+            );
+        };
+        let parsed = url::Url::parse(url.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or("--webhook-url must be an http:// or https:// URL")?;
+        let secrets = crate::notify::signing::Secrets::parse(secret)?;
+        if !(self.webhook_retry_scale > 0.0 && self.webhook_retry_scale.is_finite()) {
+            return Err("--webhook-retry-scale must be a positive number".to_owned());
+        }
+        Ok(Some(crate::notify::WebhookConfig {
+            url: parsed,
+            secrets,
+            timeout: self.webhook_timeout,
+            concurrency: self.webhook_concurrency as usize,
+            retry_scale: self.webhook_retry_scale,
+            node: self.node_id(),
+        }))
+    }
+
+    /// This node's name: `--node-id`, else the host name and the process id.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "qrlink".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
     }
 
     /// Whether the gateway runs against its embedded simulator (no API key configured).
@@ -479,6 +553,57 @@ mod tests {
         assert!(Config::from_args(["--ping-interval", "1s", "--client-timeout", "2s"]).is_ok());
         // Pings off: an interval no attempt lives to see.
         assert!(Config::from_args(["--ping-interval", "1h", "--client-timeout", "1s"]).is_ok());
+    }
+
+    #[test]
+    fn webhook_settings_are_refused_in_one_clear_line_each() {
+        let refused = |args: &[&str]| Config::from_args(args).unwrap_err().to_string();
+        let url = ["--webhook-url", "https://app.example/hooks"];
+        let cases: [(&[&str], &str); 4] = [
+            (&url, "--webhook-url needs --webhook-secret"),
+            (
+                &[url[0], url[1], "--webhook-secret", "hunter2"],
+                "does not start with whsec_",
+            ),
+            (
+                &[url[0], url[1], "--webhook-secret", "whsec_%%%"],
+                "not whsec_ followed by base64",
+            ),
+            (
+                &[
+                    "--webhook-url",
+                    "ftp://app.example/hooks",
+                    "--webhook-secret",
+                    "whsec_c2VjcmV0",
+                ],
+                "must be an http:// or https:// URL",
+            ),
+        ];
+        for (args, says) in cases {
+            let err = refused(args);
+            assert!(err.contains(says), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+            assert!(!err.contains("hunter2"), "no secret in errors: {err}");
+        }
+        let ok = Config::from_args([url[0], url[1], "--webhook-secret", "whsec_c2VjcmV0"]).unwrap();
+        let webhook = ok.webhook().unwrap().expect("webhooks on");
+        assert_eq!(webhook.url.as_str(), "https://app.example/hooks");
+        assert_eq!(webhook.timeout, Duration::from_secs(15));
+        assert!(
+            Config::from_args::<_, &str>([])
+                .unwrap()
+                .webhook()
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_node_id_defaults_to_host_and_pid() {
+        let c = Config::from_args::<_, &str>([]).unwrap();
+        assert!(c.node_id().ends_with(&format!("-{}", std::process::id())));
+        let c = Config::from_args(["--node-id", "gw-1"]).unwrap();
+        assert_eq!(c.node_id(), "gw-1");
     }
 
     #[test]

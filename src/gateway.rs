@@ -20,9 +20,10 @@ use tower_service::Service;
 
 use crate::config::{Config, QrTtl, UpstreamHttp};
 use crate::http::{SIMULATOR_MOUNT, router};
+use crate::notify::Notifier;
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::AppState;
-use crate::store::cluster::{Cluster, ClusterConfig, default_node_id};
+use crate::store::cluster::{Cluster, ClusterConfig};
 use crate::store::{Store, StoreConfig};
 use crate::upstream::{self, HttpVersion, RetryPolicy, Timeouts, UnipileClient};
 
@@ -97,6 +98,11 @@ impl Gateway {
             },
         )?;
         crate::metrics::install();
+        // `Config::check` has refused bad webhook settings already.
+        let notifier = match config.webhook() {
+            Ok(Some(webhook)) => Notifier::start(webhook)?,
+            _ => Notifier::disabled(),
+        };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let cluster = match &config.redis_url {
@@ -104,7 +110,7 @@ impl Gateway {
                 Cluster::new(
                     &ClusterConfig {
                         url: url.clone(),
-                        node: config.node_id.clone().unwrap_or_else(default_node_id),
+                        node: config.node_id(),
                         prefix: config.redis_prefix.clone(),
                         max_sessions_per_ip: config.max_sessions_per_ip,
                         sessions_per_ip_per_minute: config.sessions_per_ip_per_minute,
@@ -122,6 +128,7 @@ impl Gateway {
                 max_sessions: config.max_sessions,
                 max_sessions_per_ip: config.max_sessions_per_ip,
                 sessions_per_ip_per_minute: config.sessions_per_ip_per_minute,
+                notifier: notifier.clone(),
             },
             tracker.clone(),
             shutdown.clone(),
@@ -132,6 +139,7 @@ impl Gateway {
                 config,
                 upstream,
                 store,
+                notifier,
                 shutdown,
                 tracker,
                 ready: AtomicBool::new(true),
@@ -234,6 +242,9 @@ impl Gateway {
         drop(listener);
         // In cluster mode, what the sessions left for other nodes must reach Redis first.
         state.store.flush(grace).await;
+        // Every session has ended (or the grace is over): the webhooks of their endings get
+        // what is left of the grace.
+        state.notifier.drain(drain_deadline.deadline()).await;
         connections.close();
         if tokio::time::timeout(grace, connections.wait())
             .await

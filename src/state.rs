@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::simulator::Simulator;
 use crate::store::Store;
 use crate::upstream::UnipileClient;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub upstream: UnipileClient,
     /// Every link attempt, attached or detached, and the admission limits.
     pub store: Store,
+    /// Webhooks: the outbox and its deliverer (disabled without `--webhook-url`).
+    pub notifier: Notifier,
     /// Cancelled when shutdown begins; every socket task watches it.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.

@@ -1,4 +1,5 @@
-//! The JSON endpoints: `/api/sessions`, `/api/providers`, `/config.json`, `/readyz`.
+//! The JSON endpoints: `/api/sessions`, `/api/providers`, `/api/deliveries`, `/config.json`,
+//! `/readyz`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,4 +87,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     }
+}
+
+/// `GET /api/deliveries`: the webhook outbox for the dashboard's deliveries panel: whether
+/// webhooks are on, how many are pending and the oldest's age, whether the receiver said 410,
+/// and the last deliveries (event, session, status, attempts, next retry), newest first.
+pub async fn list_deliveries(
+    State(state): State<Arc<AppState>>,
+) -> Json<crate::notify::Deliveries> {
+    Json(state.notifier.deliveries())
 }

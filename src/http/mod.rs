@@ -38,7 +38,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/sessions", get(api::list_sessions))
         .route("/api/sessions/{id}", delete(api::cancel_session))
         .route("/api/providers", get(api::list_providers))
-        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route("/api/deliveries", get(api::list_deliveries))
+        .route(
+            "/metrics",
+            get(|State(state): State<Arc<AppState>>| async move {
+                state.notifier.update_gauges();
+                crate::metrics::render()
+            }),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let mut app = Router::new()
         .route("/ws/link/{provider}", get(link_socket::link))

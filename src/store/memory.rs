@@ -31,6 +31,7 @@ use super::{
 use crate::link::protocol::{Envelope, QrFrame, ServerFrame, codes};
 
 use crate::link::{self, Cursor, LinkRequest, QrFormats};
+use crate::notify::{Ending, Notes, Notifier};
 use crate::secret;
 
 /// Random base62 characters of a resume secret: 24 of them, about 142 bits.
@@ -62,6 +63,8 @@ pub struct Memory {
     shutdown: CancellationToken,
     /// Cluster mode: what other nodes need of this node's sessions goes to Redis.
     pub(super) cluster: Option<Arc<Cluster>>,
+    /// Told of every ending (webhooks).
+    notifier: Notifier,
 }
 
 /// One link attempt, attached to a socket or detached.
@@ -94,6 +97,8 @@ pub struct Session {
     /// Woken on every change someone may wait for: a cancel or a takeover (the attached socket
     /// waits), the socket letting go or the session ending (a resume waits).
     changed: Notify,
+    /// What the frames said that the webhook tells (intent, account).
+    notes: Notes,
 }
 
 /// A session's resumable state.
@@ -181,6 +186,7 @@ impl Memory {
             tracker,
             shutdown,
             cluster,
+            notifier: config.notifier,
         }
     }
 
@@ -252,6 +258,7 @@ impl Memory {
                 timer: None,
             }),
             changed: Notify::new(),
+            notes: Notes::default(),
         });
         store.sessions.insert(session.id.clone(), session.clone());
         store.count.send_modify(|n| *n += 1);
@@ -440,6 +447,7 @@ impl Memory {
                 timer: None,
             }),
             changed: Notify::new(),
+            notes: Notes::default(),
         });
         // A resume racing this one on this node for the same session finds it here.
         let entry = store.sessions.entry(id.to_owned()).or_insert_with(|| {
@@ -598,10 +606,20 @@ impl Memory {
         .increment(1);
         // A resume waiting on this session finds it ended.
         session.changed.notify_waiters();
+        let duration = session.started.elapsed();
+        let request = session.lock().request.clone();
+        super::tell_outbox(&self.notifier, outcome, code.as_deref(), |kind| Ending {
+            session: &session.id,
+            provider: &session.provider,
+            state: request.state.as_deref(),
+            kind,
+            duration,
+            notes: &session.notes,
+        });
         self.publish(|| WatchEvent::Closed {
             session: session.id.clone(),
             outcome,
-            duration_ms: session.started.elapsed().as_millis() as u64,
+            duration_ms: duration.as_millis() as u64,
             code,
         });
     }
@@ -756,6 +774,7 @@ impl Session {
 
     /// Updates phase, rotation, outcome and metrics from a frame about to be sent.
     fn note_frame(&self, frame: &ServerFrame) {
+        self.notes.note(frame);
         match frame {
             ServerFrame::Qr(q) => {
                 self.set_phase(Phase::Qr);
@@ -963,6 +982,7 @@ mod tests {
                 max_sessions: 100,
                 max_sessions_per_ip: 100,
                 sessions_per_ip_per_minute: 100,
+                notifier: Notifier::disabled(),
             },
             TaskTracker::new(),
             CancellationToken::new(),

@@ -88,6 +88,7 @@ fn only_the_exact_token_resumes_a_live_session_and_refusals_leave_it_waiting() {
             max_sessions: 10,
             max_sessions_per_ip: 10,
             sessions_per_ip_per_minute: 10,
+            notifier: crate::notify::Notifier::disabled(),
         },
         TaskTracker::new(),
         CancellationToken::new(),

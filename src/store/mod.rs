@@ -23,8 +23,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::link::protocol::Envelope;
+use crate::link::protocol::{Envelope, codes};
 use crate::link::{LinkRequest, QrFormats};
+use crate::notify::{Ending, Kind, Notifier};
 
 pub use limits::{Denied, Permit};
 pub use memory::{Attachment, Interrupt, Session};
@@ -63,6 +64,40 @@ impl Outcome {
             Outcome::Shutdown => "shutdown",
         }
     }
+}
+
+/// Tells the outbox how a session ended (DESIGN.md section 10). Every backend calls this
+/// exactly once per session, where it takes the session out of its directory, so that no
+/// ending is told twice and none is missed; the outbox behind `notifier` is the backend's
+/// concern. `ending` gets the webhook's kind and is only called when webhooks are on.
+pub(crate) fn tell_outbox<'a>(
+    notifier: &Notifier,
+    outcome: Outcome,
+    code: Option<&'a str>,
+    ending: impl FnOnce(Kind<'a>) -> Ending<'a>,
+) {
+    if !notifier.enabled() {
+        return;
+    }
+    let kind = match outcome {
+        Outcome::Account => Kind::Succeeded,
+        Outcome::Timeout => Kind::Expired,
+        Outcome::Error => Kind::Failed {
+            code: code.unwrap_or(codes::UPSTREAM_INVALID),
+        },
+        // The browser was told `gateway/shutting_down`; a detached page is told nothing, but
+        // for the backend it ended the same way.
+        Outcome::Shutdown => Kind::Failed {
+            code: codes::SHUTTING_DOWN,
+        },
+        Outcome::Cancelled => Kind::Abandoned {
+            reason: "cancelled",
+        },
+        Outcome::Disconnected => Kind::Abandoned {
+            reason: "disconnected",
+        },
+    };
+    notifier.ended(ending(kind));
 }
 
 /// What watchers (`/ws/watch`) receive, besides the snapshot.
@@ -195,6 +230,8 @@ pub struct StoreConfig {
     pub max_sessions_per_ip: usize,
     /// New sessions per client address per minute.
     pub sessions_per_ip_per_minute: u32,
+    /// Where every session's ending goes ([`tell_outbox`]); disabled without webhooks.
+    pub notifier: Notifier,
 }
 
 /// The session store. Cheap to clone.

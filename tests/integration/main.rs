@@ -28,4 +28,5 @@ mod simulator;
 mod upstream_errors;
 mod upstream_http2;
 mod watch;
+mod webhooks;
 mod ws_fragments;

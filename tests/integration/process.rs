@@ -4,6 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::binary::{start_binary, start_binary_with};
+use crate::common::receiver::{Answer, Receiver};
 use crate::common::{API_KEY, TestSimulator, WAIT, WsClient, frames_until_close, sim_config};
 use qrlink::http::auth::{Claims, mint, now_secs};
 use qrlink::link::protocol::{ServerFrame, close};
@@ -11,6 +12,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const TOKEN_SECRET: &str = "process-test-token-secret";
+/// Two webhook secrets (rotation): both sign every webhook.
+const WEBHOOK_SECRETS: &str =
+    "whsec_cHJvY2Vzcy10ZXN0LXdlYmhvb2stb25l whsec_cHJvY2Vzcy10ZXN0LXdlYmhvb2stdHdv";
 
 fn sigterm(child: &Child) {
     let pid = child.id().expect("still running").to_string();
@@ -56,7 +60,19 @@ async fn sigterm_during_open_sessions_gives_each_shutting_down_and_the_process_e
 #[tokio::test]
 async fn neither_the_api_key_nor_tokens_nor_any_qr_string_appear_in_trace_logs() {
     let sim = TestSimulator::start(sim_config(Duration::from_millis(200), 3)).await;
-    let bin = start_binary_with(&sim.url(), "trace", &["--token-secret", TOKEN_SECRET], &[]).await;
+    // Webhooks on, the first attempt refused, so retries log too.
+    let receiver = Receiver::scripted([Answer::Status(500)]).await;
+    let hooks = receiver.url();
+    let bin = start_binary_with(
+        &sim.url(),
+        "trace",
+        &["--token-secret", TOKEN_SECRET, "--webhook-url", &hooks],
+        &[
+            ("QRLINK_WEBHOOK_SECRET", WEBHOOK_SECRETS),
+            ("QRLINK_WEBHOOK_RETRY_SCALE", "0.01"),
+        ],
+    )
+    .await;
     let token = mint(
         TOKEN_SECRET,
         &Claims {
@@ -78,10 +94,10 @@ async fn neither_the_api_key_nor_tokens_nor_any_qr_string_appear_in_trace_logs()
     let qr = c.qr().await;
     sim.sim.scan(&qr.intent_id).unwrap();
     let (frames, _) = frames_until_close(&mut c).await;
-    assert!(matches!(
-        frames.last().unwrap().frame,
-        ServerFrame::Account { .. }
-    ));
+    let ServerFrame::Account { result, .. } = &frames.last().unwrap().frame else {
+        panic!("expected the account, got {frames:?}");
+    };
+    let result = result.clone().expect("a result token");
 
     let mut c = WsClient::connect(&format!(
         "ws://{}/ws/link/telegram?qr=raw&token={token}",
@@ -130,13 +146,36 @@ async fn neither_the_api_key_nor_tokens_nor_any_qr_string_appear_in_trace_logs()
         ServerFrame::Account { .. }
     ));
 
+    // Four outcomes, the first webhook attempt refused and retried.
+    let webhooks = receiver.wait_for(5).await;
     let logs = bin
         .wait_for_log(|l| {
             l.contains("link attempt resumed")
                 && (l.contains("session ended by the gateway")
                     || l.matches("link attempt opened").count() >= 4)
+                && l.contains("webhook attempt failed")
         })
         .await;
+    assert!(
+        !logs.contains(&result),
+        "the result token leaked into the logs"
+    );
+    for secret in WEBHOOK_SECRETS.split(' ') {
+        let key = secret.trim_start_matches("whsec_");
+        assert!(!logs.contains(key), "a webhook secret leaked into the logs");
+    }
+    let mut signatures = 0;
+    for w in &webhooks {
+        for sig in w.header("webhook-signature").split(' ') {
+            signatures += 1;
+            let (_, b64) = sig.split_once(',').expect("v1,<base64>");
+            assert!(
+                !logs.contains(b64),
+                "a webhook signature leaked into the logs"
+            );
+        }
+    }
+    assert_eq!(signatures, 10, "two signatures on each of five webhooks");
     assert!(
         logs.contains("link attempt opened"),
         "logs were captured:\n{logs}"
@@ -332,4 +371,65 @@ async fn qrlink_simulate_serves_the_unipile_api_on_its_own_and_requires_its_key(
         .unwrap();
     assert_eq!(answer["object"], "AuthenticationQrCode");
     assert!(answer["intent_id"].as_str().unwrap().starts_with("acc_"));
+}
+
+#[tokio::test]
+async fn startup_refuses_bad_webhook_settings_with_one_clear_line() {
+    for (args, says) in [
+        (
+            &["--webhook-url", "https://app.example/hooks"][..],
+            "--webhook-url needs --webhook-secret",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "https://app.example/hooks",
+                "--webhook-secret",
+                "hunter2",
+            ][..],
+            "does not start with whsec_",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "https://app.example/hooks",
+                "--webhook-secret",
+                "whsec_!!",
+            ][..],
+            "not whsec_ followed by base64",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "ftp://app.example/",
+                "--webhook-secret",
+                "whsec_c2VjcmV0",
+            ][..],
+            "must be an http:// or https:// URL",
+        ),
+    ] {
+        let out = tokio::time::timeout(
+            WAIT,
+            Command::new(env!("CARGO_BIN_EXE_qrlink"))
+                .args(["--listen", "127.0.0.1:0"])
+                .args(args)
+                .env_remove("QRLINK_WEBHOOK_SECRET")
+                .env_remove("QRLINK_WEBHOOK_URL")
+                // As a user runs it: anyhow adds a backtrace when these ask for one.
+                .env_remove("RUST_BACKTRACE")
+                .env_remove("RUST_LIB_BACKTRACE")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("the binary exits at once")
+        .unwrap();
+        assert!(!out.status.success(), "{args:?} must be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line for {args:?}: {stderr}");
+        assert!(lines[0].contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "no secret echoed: {stderr}");
+    }
 }

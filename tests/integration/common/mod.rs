@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod browser;
+pub mod receiver;
 pub mod redis;
 pub mod scan;
 pub mod tcp_proxy;
