@@ -302,6 +302,8 @@
   }
 
   function closeSession(ev) {
+    // The deliveries panel (dashboard-deliveries.js) looks for the ending's webhook.
+    document.dispatchEvent(new CustomEvent("qrlink:closed", { detail: { session: ev.session } }));
     const outcome = ev.outcome;
     if (outcome in counts) {
       counts[outcome] += 1;
@@ -544,6 +546,8 @@
 
   // ------------------------------------------------------------------ start
 
+  // What the deliveries panel (dashboard-deliveries.js, loaded after this file) shares.
+  window.QrlinkDashboard = Object.freeze({ authHeaders, duration, clock });
   adoptTokenFromUrl();
   loadProviderNames();
   updateActive();

@@ -123,6 +123,12 @@ export interface AccountFrame extends FrameBase {
   account: Account;
   /** The connect token's `sub`, when the attempt had a connect token. */
   state?: string;
+  /**
+   * v1.1, with connect tokens on: the result token, a JWT (HS256, the connect tokens' secret)
+   * with `iss` "qrlink", `sub`, `account_id`, `provider`, `session`, `iat`, `exp` (iat + 5 min)
+   * and `jti`. Hand it to your backend, which verifies it and uses `jti` once.
+   */
+  result?: string;
 }
 
 /** Terminal: nobody scanned before the provider gave up. The gateway then closes with 1000. */

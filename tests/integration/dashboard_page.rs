@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use crate::common::browser::{self, Page, PageKind};
+use crate::common::receiver::{Answer, Receiver};
 use crate::common::{TestGateway, WsClient, sim_config};
 use qrlink::link::protocol::{ServerFrame, close};
 use serde::Deserialize;
@@ -256,6 +257,66 @@ async fn with_an_admin_token_the_dashboard_asks_for_it_and_works_once_given() {
             .await;
             assert_eq!(counters(page).await, [0, 0, 0, 0, 1, 0]);
             page.screenshot_as("from-url").await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_deliveries_panel_shows_a_webhook_retrying_then_delivered() {
+    let receiver = Receiver::scripted([Answer::Status(500)]).await;
+    let url = receiver.url();
+    // The retry comes 5 s × 0.4 = 2 s (±20 %) after the refusal: long enough to see it wait.
+    let gw = TestGateway::with(
+        sim_config(Duration::from_secs(30), 2),
+        &[
+            "--webhook-url",
+            &url,
+            "--webhook-secret",
+            "whsec_ZGFzaGJvYXJkLXRlc3Q=",
+            "--webhook-retry-scale",
+            "0.4",
+        ],
+    )
+    .await;
+    run(
+        "the_deliveries_panel_shows_a_webhook_retrying_then_delivered",
+        async |page| {
+            page.goto(&gw.url("/dashboard")).await;
+            page.wait_js(
+                "an empty deliveries panel",
+                "return document.getElementById('deliveries').dataset.enabled === 'true' \
+                 && !document.getElementById('deliveries-empty').hidden",
+            )
+            .await;
+            let (mut client, id) = open_session(&gw, "whatsapp").await;
+            client.send_json(json!({"type": "cancel"})).await;
+            let row = format!(
+                "const r = document.querySelector(\"#deliveries tbody tr[data-session='{id}']\");\
+                 const cell = (c) => r.querySelector('td.' + c).textContent;"
+            );
+            page.wait_js(
+                "the webhook retrying after a 500",
+                &format!(
+                    "{row} return r !== null && r.dataset.status === 'retrying' \
+                     && cell('event') === 'link.abandoned' && cell('attempts') === '1' \
+                     && cell('status') === 'retrying (HTTP 500)' && cell('next-retry') !== '–'"
+                ),
+            )
+            .await;
+            let summary = page.text("#deliveries-summary").await;
+            assert!(summary.starts_with("1 pending"), "{summary}");
+            page.screenshot_as("retrying").await;
+            page.wait_js(
+                "the webhook delivered at its second attempt",
+                &format!(
+                    "{row} return r !== null && r.dataset.status === 'delivered' \
+                     && cell('attempts') === '2' && cell('next-retry') === '–'"
+                ),
+            )
+            .await;
+            assert_eq!(receiver.received().len(), 2);
+            page.screenshot_as("delivered").await;
         },
     )
     .await;
