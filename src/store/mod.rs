@@ -9,6 +9,10 @@
 //! An attachment is a `#[must_use]` guard: a socket task ends it ([`Attachment::end`]), detaches
 //! it ([`Attachment::detach`]), or drops it (a panic), which ends the session as
 //! `disconnected`, so no path can leak a session.
+//!
+//! Every ending, whatever ends the session (a terminal frame, a cancel, a hang-up, a grace that
+//! passed, shutdown), goes through one place per backend, where the session leaves the
+//! directory; there the backend calls [`tell_outbox`], once, for the webhook.
 
 pub mod cluster;
 pub mod limits;
@@ -70,7 +74,7 @@ impl Outcome {
 /// exactly once per session, where it takes the session out of its directory, so that no
 /// ending is told twice and none is missed; the outbox behind `notifier` is the backend's
 /// concern. `ending` gets the webhook's kind and is only called when webhooks are on.
-pub(crate) fn tell_outbox<'a>(
+pub fn tell_outbox<'a>(
     notifier: &Notifier,
     outcome: Outcome,
     code: Option<&'a str>,

@@ -56,6 +56,19 @@ async fn open(gw: &TestGateway, provider: &str, sub: &str) -> WsClient {
         .await
 }
 
+/// A WhatsApp attempt cancelled by its client once its QR is shown: one `link.abandoned`.
+async fn cancelled_attempt(gw: &TestGateway, sub: &str) {
+    let mut c = open(gw, "whatsapp", sub).await;
+    c.qr().await;
+    c.send_json(json!({"type": "cancel"})).await;
+}
+
+async fn get_text(url: &str) -> String {
+    let answer = reqwest::get(url).await.unwrap();
+    assert!(answer.status().is_success(), "{url}: {}", answer.status());
+    answer.text().await.unwrap()
+}
+
 /// Verifies a webhook with the official library and `secret`; returns its body.
 fn verified(secret: &str, r: &Received) -> Value {
     Webhook::new(secret)
@@ -220,9 +233,7 @@ async fn a_failed_attempt_is_retried_with_the_same_id_at_the_schedules_interval(
     let receiver = Receiver::scripted([Answer::Status(500)]).await;
     // 5 s × 0.1 = 500 ms, ±20 % jitter.
     let gw = gateway(&receiver, &["--webhook-retry-scale", "0.1"]).await;
-    let mut c = open(&gw, "whatsapp", "user-retry").await;
-    c.qr().await;
-    c.send_json(json!({"type": "cancel"})).await;
+    cancelled_attempt(&gw, "user-retry").await;
     let got = receiver.wait_for(2).await;
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     assert_eq!(got[0].body, got[1].body, "the same webhook");
@@ -248,9 +259,7 @@ async fn retry_after_is_honoured_over_a_shorter_schedule() {
     let receiver = Receiver::scripted([Answer::RetryAfter(503, "1")]).await;
     // The schedule alone would retry after 5 ms.
     let gw = gateway(&receiver, &["--webhook-retry-scale", "0.001"]).await;
-    let mut c = open(&gw, "whatsapp", "user-ra").await;
-    c.qr().await;
-    c.send_json(json!({"type": "cancel"})).await;
+    cancelled_attempt(&gw, "user-ra").await;
     let retrying = wait_for_deliveries(&gw, |d| {
         d.recent
             .first()
@@ -272,16 +281,12 @@ async fn retry_after_is_honoured_over_a_shorter_schedule() {
 async fn a_410_stops_every_delivery_to_the_url() {
     let receiver = Receiver::scripted([Answer::Status(410)]).await;
     let gw = gateway(&receiver, &["--webhook-retry-scale", "0.001"]).await;
-    let mut c = open(&gw, "whatsapp", "user-1").await;
-    c.qr().await;
-    c.send_json(json!({"type": "cancel"})).await;
+    cancelled_attempt(&gw, "user-1").await;
     let feed = wait_for_deliveries(&gw, |d| d.gone).await;
     assert_eq!(feed.recent[0].status, Status::Gone);
     assert_eq!(feed.recent[0].last_status, Some(410));
 
-    let mut c = open(&gw, "whatsapp", "user-2").await;
-    c.qr().await;
-    c.send_json(json!({"type": "cancel"})).await;
+    cancelled_attempt(&gw, "user-2").await;
     let feed = wait_for_deliveries(&gw, |d| d.recent.len() == 2).await;
     assert_eq!(feed.recent[0].status, Status::Gone, "{feed:?}");
     assert_eq!(feed.recent[0].attempts, 0, "never sent: {feed:?}");
@@ -302,9 +307,7 @@ async fn a_receiver_that_hangs_is_cut_at_the_timeout_and_retried() {
         ],
     )
     .await;
-    let mut c = open(&gw, "whatsapp", "user-hang").await;
-    c.qr().await;
-    c.send_json(json!({"type": "cancel"})).await;
+    cancelled_attempt(&gw, "user-hang").await;
     let got = receiver.wait_for(2).await;
     let gap = got[1].at - got[0].at;
     assert!(
@@ -319,9 +322,7 @@ async fn two_secrets_give_two_signatures_that_each_verify() {
     let receiver = Receiver::start().await;
     let both = format!("{SECRET} {OTHER_SECRET}");
     let gw = gateway(&receiver, &["--webhook-secret", &both]).await;
-    let mut c = open(&gw, "whatsapp", "user-rotate").await;
-    c.qr().await;
-    c.send_json(json!({"type": "cancel"})).await;
+    cancelled_attempt(&gw, "user-rotate").await;
     let got = receiver.wait_for(1).await;
     let signatures: Vec<&str> = got[0].header("webhook-signature").split(' ').collect();
     assert_eq!(signatures.len(), 2, "{signatures:?}");
@@ -350,9 +351,7 @@ async fn pending_deliveries_get_the_shutdown_grace() {
     let receiver = Receiver::scripted([Answer::Status(503)]).await;
     // The retry comes ~500 ms after the failure, inside the 3 s grace.
     let mut gw = gateway(&receiver, &["--webhook-retry-scale", "0.1"]).await;
-    let mut c = open(&gw, "whatsapp", "user-shutdown").await;
-    c.qr().await;
-    c.send_json(json!({"type": "cancel"})).await;
+    cancelled_attempt(&gw, "user-shutdown").await;
     receiver.wait_for(1).await;
     gw.shut_down();
     let got = receiver.wait_for(2).await;
@@ -381,15 +380,7 @@ async fn the_deliveries_feed_and_the_metrics_show_attempts_retries_and_pending()
     })
     .await;
 
-    let http = reqwest::Client::new();
-    let feed: Value = http
-        .get(gw.url("/api/deliveries"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed: Value = serde_json::from_str(&get_text(&gw.url("/api/deliveries")).await).unwrap();
     assert_eq!(feed["enabled"], true, "{feed}");
     assert_eq!(feed["outbox"], "memory", "{feed}");
     assert_eq!(feed["pending"], 1, "{feed}");
@@ -407,14 +398,7 @@ async fn the_deliveries_feed_and_the_metrics_show_attempts_retries_and_pending()
         "{feed}"
     );
 
-    let metrics = http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gw.url("/metrics")).await;
     // The recorder is shared by every gateway in this process: at least this test's values.
     let value = |line: &str| -> f64 {
         metrics
@@ -431,14 +415,7 @@ async fn the_deliveries_feed_and_the_metrics_show_attempts_retries_and_pending()
         d.pending == 0 && d.recent[0].status == Status::Delivered
     })
     .await;
-    let metrics = http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gw.url("/metrics")).await;
     assert!(
         metrics.lines().any(|l| l.starts_with(
             "qrlink_webhook_deliveries_total{event=\"link.abandoned\",result=\"delivered\"}"
