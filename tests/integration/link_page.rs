@@ -510,6 +510,92 @@ async fn the_page_works_from_the_keyboard_and_names_the_code_for_screen_readers(
     .await;
 }
 
+#[tokio::test]
+async fn the_page_hands_the_result_token_to_the_host_it_names_and_to_no_other() {
+    const SECRET: &str = "link-page-result-token-secret";
+    let gw = TestGateway::with(
+        sim_config(Duration::from_secs(30), 2),
+        &["--token-secret", SECRET],
+    )
+    .await;
+    run(
+        "the_page_hands_the_result_token_to_the_host_it_names_and_to_no_other",
+        async |page| {
+            // The host: a page that opens the link page in a popup and keeps what it is told.
+            page.goto(&gw.url("/")).await;
+            let host = page.client.window().await.unwrap();
+            page.js::<()>(
+                "window.__messages = [];\
+                 addEventListener('message', (e) => window.__messages.push(e.data)); return null",
+            )
+            .await;
+            let mut results = Vec::new();
+            for named in [true, false] {
+                let now = qrlink::http::auth::now_secs();
+                let token = qrlink::http::auth::mint(
+                    SECRET,
+                    &qrlink::http::auth::Claims {
+                        sub: "user-42".into(),
+                        exp: now + 300,
+                        iat: Some(now),
+                        provider: None,
+                        account_id: None,
+                        proxy: None,
+                    },
+                );
+                let origin = if named {
+                    "&origin=' + location.origin + '"
+                } else {
+                    ""
+                };
+                page.js::<()>(&format!(
+                    "window.open('/?provider=whatsapp&token={token}{origin}', 'link'); return null"
+                ))
+                .await;
+                let popup = page
+                    .client
+                    .windows()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|w| *w != host)
+                    .expect("the popup");
+                page.switch_to(popup).await;
+                page.wait_state("qr").await;
+                gw.sim().scan(&latest_intent(gw.sim())).unwrap();
+                page.wait_state("account").await;
+                page.client.close_window().await.unwrap();
+                page.switch_to(host.clone()).await;
+                let expected = results.len() + 1;
+                page.wait_js(
+                    "the host to be told",
+                    &format!("return window.__messages.length === {expected}"),
+                )
+                .await;
+                let message: Value = page
+                    .js(&format!("return window.__messages[{}]", expected - 1))
+                    .await;
+                assert_eq!(message["type"], "account", "{message}");
+                results.push(message);
+            }
+            let named = &results[0];
+            let token = named["result"]
+                .as_str()
+                .expect("the named host gets the result");
+            let claims = qrlink::notify::result::verify(SECRET, token).expect("it verifies");
+            assert_eq!(claims.account_id, named["account"]["id"].as_str().unwrap());
+            assert_eq!(claims.sub.as_deref(), Some("user-42"));
+            assert_eq!(claims.session, named["session"].as_str().unwrap());
+            let anyone = &results[1];
+            assert!(
+                anyone.get("result").is_none() && anyone.get("state").is_none(),
+                "a message any opener may read carries no result token: {anyone}"
+            );
+        },
+    )
+    .await;
+}
+
 fn latest_intent(sim: &qrlink::simulator::Simulator) -> String {
     sim.intent_ids()
         .pop()
