@@ -143,6 +143,14 @@ impl Notifier {
             attempts: 0,
         };
         let d = &inner.deliverer;
+        if inner.stop.is_cancelled() {
+            // A session that outlived the shutdown grace: nothing delivers any more.
+            tracing::warn!(webhook_id = %msg.id, event = msg.event, "webhook lost: the gateway has stopped delivering");
+            d.journal.update(&msg, Status::Lost, None, None);
+            metrics::counter!("qrlink_webhook_deliveries_total", "event" => msg.event, "result" => "lost")
+                .increment(1);
+            return;
+        }
         if d.gone.load(Ordering::Relaxed) {
             d.journal.update(&msg, Status::Gone, None, None);
             metrics::counter!("qrlink_webhook_deliveries_total", "event" => msg.event, "result" => "gone")

@@ -423,3 +423,25 @@ async fn the_deliveries_feed_and_the_metrics_show_attempts_retries_and_pending()
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn no_more_attempts_than_the_concurrency_are_in_flight() {
+    let receiver = Receiver::scripted([Answer::Hang, Answer::Hang, Answer::Hang]).await;
+    let gw = gateway(
+        &receiver,
+        &["--webhook-concurrency", "2", "--webhook-timeout", "1s"],
+    )
+    .await;
+    for sub in ["user-a", "user-b", "user-c"] {
+        cancelled_attempt(&gw, sub).await;
+    }
+    let got = receiver.wait_for(3).await;
+    // The first two hang; the third goes out only when one of them is cut at the timeout.
+    let gap = got[2].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(1),
+        "a third attempt started while two were in flight, {gap:?} after the first"
+    );
+    let ids: std::collections::HashSet<_> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 3, "three webhooks, not a retry: {got:?}");
+}
