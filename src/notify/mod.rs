@@ -105,6 +105,13 @@ impl Notifier {
             .connect_timeout(config.timeout)
             .user_agent(concat!("qrlink/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        // The host only: a URL may carry a credential in its path or query.
+        tracing::info!(
+            host = config.url.host_str().unwrap_or_default(),
+            secrets = config.secrets.len(),
+            node = %config.node,
+            "webhooks on; pending ones are kept in memory (lost on restart)"
+        );
         let deliverer = Arc::new(Deliverer {
             url: config.url,
             secrets: config.secrets,

@@ -51,6 +51,16 @@ impl Secrets {
         Ok(Secrets { keys })
     }
 
+    /// How many secrets sign each webhook.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never true: parsing refuses an empty list.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The `webhook-signature` header value for a message.
     pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
         let mut header = String::with_capacity(self.keys.len() * 48);
