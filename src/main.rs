@@ -59,7 +59,12 @@ fn token(args: TokenArgs) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(config.log_format);
-    config.check().map_err(anyhow::Error::msg)?;
+    if let Err(e) = config.check() {
+        // One line for the operator: as an `anyhow` error it would grow a backtrace wherever
+        // RUST_BACKTRACE is set.
+        eprintln!("Error: {e}");
+        std::process::exit(2);
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

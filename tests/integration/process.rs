@@ -415,9 +415,8 @@ async fn startup_refuses_bad_webhook_settings_with_one_clear_line() {
                 .args(args)
                 .env_remove("QRLINK_WEBHOOK_SECRET")
                 .env_remove("QRLINK_WEBHOOK_URL")
-                // As a user runs it: anyhow adds a backtrace when these ask for one.
-                .env_remove("RUST_BACKTRACE")
-                .env_remove("RUST_LIB_BACKTRACE")
+                // One line even where backtraces are asked for.
+                .env("RUST_BACKTRACE", "1")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .output(),
