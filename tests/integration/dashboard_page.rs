@@ -266,7 +266,8 @@ async fn with_an_admin_token_the_dashboard_asks_for_it_and_works_once_given() {
 async fn the_deliveries_panel_shows_a_webhook_retrying_then_delivered() {
     let receiver = Receiver::scripted([Answer::Status(500)]).await;
     let url = receiver.url();
-    // The retry comes 5 s × 0.4 = 2 s (±20 %) after the refusal: long enough to see it wait.
+    // The retry comes 5 s × 0.6 = 3 s (±20 %) after the refusal: long enough to see it wait
+    // (the panel looks 250 ms after the session closes, then every 2 s).
     let gw = TestGateway::with(
         sim_config(Duration::from_secs(30), 2),
         &[
@@ -275,7 +276,7 @@ async fn the_deliveries_panel_shows_a_webhook_retrying_then_delivered() {
             "--webhook-secret",
             "whsec_ZGFzaGJvYXJkLXRlc3Q=",
             "--webhook-retry-scale",
-            "0.4",
+            "0.6",
         ],
     )
     .await;
