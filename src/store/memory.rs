@@ -774,7 +774,6 @@ impl Session {
 
     /// Updates phase, rotation, outcome and metrics from a frame about to be sent.
     fn note_frame(&self, frame: &ServerFrame) {
-        self.notes.note(frame);
         match frame {
             ServerFrame::Qr(q) => {
                 self.set_phase(Phase::Qr);
@@ -868,6 +867,10 @@ impl Attachment {
     /// the frame unless this socket asked for `raw`. Returns the frame with its resume token.
     pub fn record(&self, mut frame: ServerFrame) -> Envelope {
         self.session.note_frame(&frame);
+        // Without webhooks nothing reads the notes: no intent id kept per session.
+        if self.store.notifier.enabled() {
+            self.session.notes.note(&frame);
+        }
         let mut record = self.session.lock();
         let qrcode = match &mut frame {
             ServerFrame::Qr(q) if record.request.formats.raw => q.raw.clone(),
