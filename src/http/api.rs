@@ -59,6 +59,15 @@ pub async fn list_providers(State(state): State<Arc<AppState>>) -> Json<serde_js
     Json(json!({ "providers": providers_json(&state) }))
 }
 
+/// `GET /healthz`: the process is alive (always 200 while it serves), with the store's state;
+/// in cluster mode a Redis that does not answer shows here, not in `/readyz`: link attempts go
+/// on without it.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let mut health = state.store.health();
+    health["status"] = json!("ok");
+    Json(health)
+}
+
 /// `GET /api/sessions`: a snapshot of the open sessions.
 pub async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({ "sessions": state.store.snapshot_all().await }))

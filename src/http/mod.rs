@@ -51,7 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/link/{provider}", get(link_socket::link))
         .route("/ws/watch", get(watch::watch))
         .route("/config.json", get(api::page_config))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(admin)
         .fallback(assets::serve);

@@ -47,6 +47,11 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a blocking pop of the command list waits before it looks at shutdown again.
 const POP_BLOCK_SECS: f64 = 1.0;
+/// What the node last saw of Redis.
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
 /// Watch events the stream keeps (about: `MAXLEN ~`); a node that was away longer than these
 /// take to fill misses the oldest, and its watchers are told (`lagged`).
 const EVENTS_KEPT: usize = 10_000;
@@ -78,6 +83,8 @@ pub struct Cluster {
     /// Writes queued, and writes Redis has taken: equal when the queue is flushed.
     queued: AtomicU64,
     written: tokio::sync::watch::Sender<u64>,
+    /// Whether Redis answered the last write or heartbeat: [`UNKNOWN`], [`UP`] or [`DOWN`].
+    up: std::sync::atomic::AtomicU8,
     /// Acks this node waits for, by request number.
     pending: DashMap<u64, oneshot::Sender<()>>,
     next_request: AtomicU64,
@@ -408,12 +415,28 @@ impl Cluster {
             queued: AtomicU64::new(0),
             written: tokio::sync::watch::Sender::new(0),
             pending: DashMap::new(),
+            up: std::sync::atomic::AtomicU8::new(UNKNOWN),
             next_request: AtomicU64::new(1),
             limits,
             attached_ttl: max_attempt + grace,
             grace,
         });
         Ok(cluster)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(if up { UP } else { DOWN }, Ordering::Relaxed);
+        metrics::gauge!("qrlink_redis_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Whether Redis answers, and how many writes wait for it (for `/healthz`).
+    pub(super) fn health(&self) -> (bool, u64) {
+        let pending = self
+            .queued
+            .load(Ordering::Acquire)
+            .saturating_sub(*self.written.borrow());
+        metrics::gauge!("qrlink_redis_pending_writes").set(pending as f64);
+        (self.up.load(Ordering::Relaxed) != DOWN, pending)
     }
 
     /// This node's name.
@@ -517,6 +540,7 @@ impl Cluster {
             }
             match pipe.query_async::<()>(&mut conn).await {
                 Ok(()) => {
+                    self.set_up(true);
                     if failing {
                         tracing::info!("redis writes caught up");
                         failing = false;
@@ -526,6 +550,7 @@ impl Cluster {
                     self.written.send_modify(|w| *w += n);
                 }
                 Err(e) => {
+                    self.set_up(false);
                     if !failing {
                         tracing::warn!(error = %why(&e), queued = batch.len(), "redis writes failing; they are kept and retried");
                         failing = true;
@@ -606,6 +631,7 @@ impl Cluster {
                 let set: redis::RedisResult<()> = conn
                     .pset_ex(&key, 1, HEARTBEAT_TTL.as_millis() as u64)
                     .await;
+                self.set_up(set.is_ok());
                 if let Err(e) = set {
                     metrics::counter!("qrlink_redis_errors_total", "op" => "heartbeat")
                         .increment(1);
@@ -621,7 +647,12 @@ impl Cluster {
         self: &Arc<Self>,
         ip: std::net::IpAddr,
     ) -> Result<Option<Hold>, Denied> {
-        let Some(mut conn) = self.conn().await else {
+        // A Redis known to be down is not waited for: the attempt goes on at once.
+        let conn = match self.up.load(Ordering::Relaxed) {
+            DOWN => None,
+            _ => self.conn().await,
+        };
+        let Some(mut conn) = conn else {
             metrics::counter!("qrlink_redis_errors_total", "op" => "limits").increment(1);
             return Ok(None);
         };

@@ -286,6 +286,23 @@ impl Store {
         }
     }
 
+    /// The store's state for `/healthz`: `memory`, or in cluster mode the node, whether Redis
+    /// answers and the writes waiting for it.
+    pub fn health(&self) -> serde_json::Value {
+        match &self.memory_backend().cluster {
+            None => serde_json::json!({"store": "memory"}),
+            Some(cluster) => {
+                let (up, pending) = cluster.health();
+                serde_json::json!({
+                    "store": "redis",
+                    "node": cluster.node(),
+                    "redis": if up { "up" } else { "down" },
+                    "pending_writes": pending,
+                })
+            }
+        }
+    }
+
     /// Whether this node is one of a cluster.
     pub fn is_cluster(&self) -> bool {
         self.memory_backend().cluster.is_some()

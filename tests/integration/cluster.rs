@@ -459,3 +459,101 @@ async fn a_per_address_limit_holds_across_nodes_and_frees_up_when_a_session_ends
     qr_envelope(&mut again).await;
     drop((on_a, again));
 }
+
+#[tokio::test]
+async fn with_redis_frozen_for_5_s_attempts_go_on_and_other_nodes_catch_up_with_every_event() {
+    const N: usize = 3;
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let (a, b) = two_nodes(&redis, "qrt8:").await;
+    let mut watcher = b.connect("/ws/watch").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+    assert_eq!(snapshot["type"], "snapshot");
+    let mut clients = Vec::new();
+    let mut firsts = Vec::new();
+    for _ in 0..N {
+        let mut client = a.connect("/ws/link/whatsapp").await;
+        let first = qr_envelope(&mut client).await;
+        a.wait_for_poll(&intent_of(&first), PollOutcome::Pending)
+            .await;
+        firsts.push(first);
+        clients.push(client);
+    }
+
+    redis.freeze();
+    let outage = tokio::time::sleep(Duration::from_secs(5));
+    // The attempts on A go on and finish without Redis; A stays ready.
+    for (first, client) in firsts.iter().zip(&mut clients) {
+        a.sim().scan(&intent_of(first)).unwrap();
+        common::ends_with_the_account(client).await;
+    }
+    assert_eq!(reqwest::get(a.url("/readyz")).await.unwrap().status(), 200);
+    // A new attempt is admitted too, on A's own limits.
+    let mut during = a.connect("/ws/link/whatsapp").await;
+    let during_first = qr_envelope(&mut during).await;
+    outage.await;
+    let health: serde_json::Value = reqwest::get(a.url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (health["status"].as_str(), health["redis"].as_str()),
+        (Some("ok"), Some("down")),
+        "{health}"
+    );
+    redis.thaw();
+
+    // B's watcher then has every event of those sessions, in order, with no gap in seq.
+    let mut seen: std::collections::HashMap<String, Vec<(String, Option<u64>)>> =
+        Default::default();
+    let done = |seen: &std::collections::HashMap<String, Vec<(String, Option<u64>)>>| {
+        firsts.iter().all(|f| {
+            seen.get(&f.session)
+                .is_some_and(|events| events.last().is_some_and(|(t, _)| t == "closed"))
+        })
+    };
+    while !done(&seen) {
+        let event: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+        if let Some(session) = event["session"].as_str() {
+            seen.entry(session.to_owned()).or_default().push((
+                event["type"].as_str().unwrap_or_default().to_owned(),
+                event["seq"].as_u64(),
+            ));
+        }
+    }
+    for first in &firsts {
+        let events = &seen[&first.session];
+        let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            types,
+            ["opened", "qr", "account", "closed"],
+            "{}",
+            first.session
+        );
+        let seqs: Vec<u64> = events.iter().filter_map(|(_, s)| *s).collect();
+        assert_eq!(seqs, [1, 2], "no gap in seq for {}", first.session);
+    }
+
+    // Resume works again: the attempt opened during the outage moves to B.
+    drop(during);
+    let mut resumed = b
+        .connect(&format!(
+            "/ws/link/whatsapp?resume={}",
+            token_of(&during_first)
+        ))
+        .await;
+    let replay = qr_envelope(&mut resumed).await;
+    assert!(replay.replay);
+    b.sim().scan(&intent_of(&during_first)).unwrap();
+    common::ends_with_the_account(&mut resumed).await;
+    let health: serde_json::Value = reqwest::get(a.url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["redis"], "up", "{health}");
+}

@@ -73,6 +73,25 @@ impl TestRedis {
         (&buf == b"+PONG\r\n").then_some(())
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as a Redis
+    /// that hangs or a network that drops packets.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT), with everything it had.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// A connection for a test's own commands.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
