@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -76,6 +76,17 @@ pub async fn link(
     if let Err(refusal) = auth::check_origin(&state.config, &headers) {
         tracing::info!(peer = %peer.ip(), "refused a WebSocket from a foreign origin");
         return refusal.into_response();
+    }
+    if state.shutdown.is_cancelled() && state.store.is_cluster() {
+        // Another node can take it: 503 before the upgrade, so a load balancer tries the next
+        // node (nginx: `proxy_next_upstream http_503`) and a page retries. One process alone
+        // has nowhere else to send it and says so in a frame (`gateway/shutting_down`).
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "this node is shutting down; another node will take it\n",
+        )
+            .into_response();
     }
     let client = auth::client_addr(&state.config, peer, &headers);
     let token = auth::token_from_request(params.get("token"), &headers).map(str::to_owned);

@@ -557,3 +557,48 @@ async fn with_redis_frozen_for_5_s_attempts_go_on_and_other_nodes_catch_up_with_
         .unwrap();
     assert_eq!(health["redis"], "up", "{health}");
 }
+
+#[tokio::test]
+async fn behind_nginx_a_link_attempt_survives_a_sigterm_of_the_node_it_was_on() {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let (mut a, mut b) = two_nodes(&redis, "qrt9:").await;
+    let Some(nginx) = common::nginx::TestNginx::start(&[a.addr.port(), b.addr.port()]).await else {
+        return;
+    };
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(common::nginx::SNIPPET.trim()),
+        "the README shows deploy/nginx-qrlink.conf as it is"
+    );
+    let through = |path: &str| format!("ws://127.0.0.1:{}{path}", nginx.port);
+
+    let mut client = WsClient::connect(&through("/ws/link/whatsapp")).await;
+    let first = qr_envelope(&mut client).await;
+    let intent = intent_of(&first);
+    let (on, other) = if a.state.store.len() == 1 {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    on.wait_for_poll(&intent, PollOutcome::Pending).await;
+    on.shut_down();
+    match client.next().await {
+        Next::Close(code) => assert_eq!(code, close::SERVICE_RESTART),
+        other => panic!("expected close 1012 and no frame, got {other:?}"),
+    }
+    // The page resumes through the load balancer, which finds the node that is left.
+    let mut resumed = WsClient::connect(&through(&format!(
+        "/ws/link/whatsapp?resume={}",
+        token_of(&first)
+    )))
+    .await;
+    let replay = qr_envelope(&mut resumed).await;
+    assert!(replay.replay);
+    assert_eq!((replay.seq, &replay.frame), (first.seq, &first.frame));
+    assert_eq!(other.state.store.len(), 1, "the other node has it");
+    other.sim().scan(&intent).unwrap();
+    common::ends_with_the_account(&mut resumed).await;
+    assert_eq!(intents_started(other), 1);
+}
