@@ -47,6 +47,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a blocking pop of the command list waits before it looks at shutdown again.
 const POP_BLOCK_SECS: f64 = 1.0;
+/// At most one log line per failing operation this often.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// What the node last saw of Redis.
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -77,6 +80,12 @@ pub struct Cluster {
     prefix: String,
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
+    /// The writer's own connection: its pipelines never queue ahead of an admission or a
+    /// resume's reads.
+    writer_conn: OnceCell<ConnectionManager>,
+    /// When each failing operation was last logged: at most one line per [`LOG_EVERY`] per
+    /// operation, however many calls fail (a Redis that flaps under load would fill the log).
+    failing: DashMap<&'static str, std::time::Instant>,
     writes: mpsc::UnboundedSender<Write>,
     /// The queue's other end, until [`Cluster::start`] hands it to the writer task.
     unwritten: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
@@ -410,6 +419,8 @@ impl Cluster {
             prefix: config.prefix.clone(),
             client,
             conn: OnceCell::new(),
+            writer_conn: OnceCell::new(),
+            failing: DashMap::new(),
             writes,
             unwritten: std::sync::Mutex::new(Some(rx)),
             queued: AtomicU64::new(0),
@@ -486,16 +497,40 @@ impl Cluster {
     }
 
     async fn conn(&self) -> Option<ConnectionManager> {
+        self.connect(&self.conn, "connect").await
+    }
+
+    async fn connect(
+        &self,
+        cell: &OnceCell<ConnectionManager>,
+        op: &'static str,
+    ) -> Option<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_max_delay(Duration::from_secs(1));
-        self.conn
+        let conn = cell
             .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .inspect_err(|e| tracing::warn!(error = %why(e), "redis unreachable"))
-            .ok()
-            .cloned()
+            .await;
+        match conn {
+            Ok(conn) => Some(conn.clone()),
+            Err(e) => {
+                self.degraded(op, &e);
+                None
+            }
+        }
+    }
+
+    /// Counts a failure of `op` (`qrlink_redis_errors_total`), and logs it unless `op` was
+    /// logged within [`LOG_EVERY`]: one line per outage, not one per call.
+    fn degraded(&self, op: &'static str, e: &redis::RedisError) {
+        metrics::counter!("qrlink_redis_errors_total", "op" => op).increment(1);
+        let now = std::time::Instant::now();
+        let mut logged = self.failing.entry(op).or_insert(now - LOG_EVERY * 2);
+        if now.duration_since(*logged) >= LOG_EVERY {
+            *logged = now;
+            tracing::warn!(op, error = %why(e), "redis failing; degraded until it answers again (qrlink_redis_errors_total counts each failure)");
+        }
     }
 
     fn queue(&self, write: Write) {
@@ -530,7 +565,7 @@ impl Cluster {
                     break;
                 }
             }
-            let Some(mut conn) = self.conn().await else {
+            let Some(mut conn) = self.connect(&self.writer_conn, "connect").await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
@@ -676,8 +711,8 @@ impl Cluster {
             })),
             Ok(_) => Err(Denied::RateLimited),
             Err(e) => {
-                metrics::counter!("qrlink_redis_errors_total", "op" => "limits").increment(1);
-                tracing::warn!(error = %why(&e), "cannot check the address limits across nodes; this node's alone apply");
+                // This node's limits alone apply meanwhile.
+                self.degraded("limits", &e);
                 Ok(None)
             }
         }

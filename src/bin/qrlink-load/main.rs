@@ -182,6 +182,11 @@ struct Args {
     /// Resume: hang-up → resume request (ms); 0 resumes at once, as a reload does.
     #[arg(long, default_value_t = 0)]
     resume_pause_ms: u64,
+    /// Resume: open the resumes on this gateway (host and port; the path and query are
+    /// `--url`'s) instead of `--url`'s: another node of a cluster, through which the session
+    /// moves (cluster mode, README "Run several nodes").
+    #[arg(long)]
+    resume_url: Option<String>,
     /// Soak (ws mode): every session takes a role from `--soak-mix`, upstream faults are
     /// scripted on the simulator (`--soak-faults`, needs `--sim-url`), the gateway is read
     /// every `--soak-sample-every`, and its RSS, fds and tasks must be flat: the mean over the
@@ -361,8 +366,27 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
     } else {
         Vec::new()
     };
+    let resume_to = match &args.resume_url {
+        Some(other) => {
+            let other = url::Url::parse(other).map_err(|e| format!("--resume-url {other}: {e}"))?;
+            let other_target = target::loopback_addr(&other)?;
+            let mut moved = url.clone();
+            moved
+                .set_host(other.host_str())
+                .map_err(|e| format!("--resume-url: {e}"))?;
+            moved
+                .set_port(other.port())
+                .map_err(|()| "--resume-url: no port".to_owned())?;
+            Some((
+                other_target,
+                moved.to_string().trim_end_matches('/').to_owned(),
+            ))
+        }
+        None => None,
+    };
     Ok(Ctx {
         target,
+        resume_to,
         url: url.to_string().trim_end_matches('/').to_owned(),
         provider: args.provider.clone(),
         sources,

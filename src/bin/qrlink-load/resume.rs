@@ -143,7 +143,11 @@ pub async fn run(ctx: &Ctx, i: u64, mut ws: Ws, mut shown: Shown, r: &mut Sessio
         r.resume = Some(log);
         return End::Failed(kind);
     }
-    let url = resume_url(&ctx.url, &shown.token);
+    let (at, base) = match &ctx.resume_to {
+        Some((at, url)) => (*at, url.as_str()),
+        None => (ctx.target, ctx.url.as_str()),
+    };
+    let url = resume_url(base, &shown.token);
     for cycle in 0..plan.cycles {
         let how = plan.hangup.of(cycle);
         match how {
@@ -158,7 +162,7 @@ pub async fn run(ctx: &Ctx, i: u64, mut ws: Ws, mut shown: Shown, r: &mut Sessio
             tokio::time::sleep(plan.pause).await;
         }
         let asked = Instant::now();
-        let resumed = match ws_mode::open(ctx, i, &url).await {
+        let resumed = match ws_mode::open_at(ctx, at, i, &url).await {
             Ok(ws) => ws,
             Err(kind) => {
                 r.resume = Some(log);

@@ -158,6 +158,8 @@ pub struct Ctx {
     pub target: SocketAddr,
     /// ws mode: the full link URL with its query; express mode: the peer's base URL.
     pub url: String,
+    /// Resume: another gateway to resume on, and the link URL there (`--resume-url`).
+    pub resume_to: Option<(SocketAddr, String)>,
     /// Provider to link.
     pub provider: String,
     /// Source addresses to spread connections over (empty: the kernel's choice).

@@ -109,8 +109,13 @@ fn variant(debug: &str) -> &str {
 /// Connects session `i` (from its source address) and opens the WebSocket at `url`, each step
 /// bounded by the step timeout; the error kind (`connect_…`, `handshake_…`) otherwise.
 pub async fn open(ctx: &Ctx, i: u64, url: &str) -> Result<Ws, String> {
+    open_at(ctx, ctx.target, i, url).await
+}
+
+/// [`open`] on another gateway than the run's (`--resume-url`).
+pub async fn open_at(ctx: &Ctx, at: std::net::SocketAddr, i: u64, url: &str) -> Result<Ws, String> {
     let step = ctx.step_timeout;
-    let stream = match timeout(step, target::connect(ctx.target, ctx.source(i))).await {
+    let stream = match timeout(step, target::connect(at, ctx.source(i))).await {
         Err(_) => return Err("connect_timeout".to_owned()),
         Ok(Err(e)) => return Err(format!("connect_{:?}", e.kind())),
         Ok(Ok(s)) => s,
