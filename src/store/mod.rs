@@ -333,7 +333,8 @@ impl Store {
     /// this node's own (which never refuse what the cluster would admit).
     async fn admit_across_nodes(&self, ip: IpAddr, mut permit: Permit) -> Result<Permit, Denied> {
         if let Some(cluster) = &self.memory_backend().cluster {
-            permit.remote = cluster.admit(limits::key_of(ip)).await?;
+            // Boxed: the socket task holds this future's state for its whole life otherwise.
+            permit.remote = Box::pin(cluster.admit(limits::key_of(ip))).await?;
         }
         Ok(permit)
     }
