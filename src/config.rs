@@ -105,6 +105,19 @@ pub struct SimulateArgs {
     /// gateway under test; 0 takes one worker per core.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Serve HTTPS with a self-signed certificate made at start (valid for `localhost`,
+    /// `127.0.0.1`, `::1` and the `--listen` address), speaking HTTP/2 or HTTP/1.1 as ALPN
+    /// agrees. A connection that does not open with TLS is still served plain HTTP (the
+    /// control API for `curl` and `qrlink-load`).
+    #[arg(long)]
+    pub tls: bool,
+    /// With `--tls`: write the certificate (PEM) here, for `--upstream-ca-file` or
+    /// `NODE_EXTRA_CA_CERTS`; without it the certificate is printed on standard output.
+    #[arg(long, requires = "tls")]
+    pub cert_out: Option<std::path::PathBuf>,
+    /// With `--tls`: the protocols offered by ALPN.
+    #[arg(long, requires = "tls", default_value = "both")]
+    pub alpn: crate::simulator::Alpn,
 }
 
 /// Settings of the gateway (`qrlink serve`).
@@ -146,19 +159,25 @@ pub struct Config {
     #[arg(long, env = "QRLINK_UPSTREAM_POLL_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub upstream_poll_timeout: Duration,
 
-    /// HTTP version towards Unipile. `1.1` (default): a connection per pending long poll,
-    /// right for any server. `2`: calls are streams on a few HTTP/2 connections (`https://`:
-    /// the server must agree to `h2` by ALPN; plain `http://`: spoken from the first byte, as
-    /// `qrlink simulate` understands); far less memory and one file descriptor per hundred
-    /// sessions instead of one each (benches/README.md).
-    #[arg(long, env = "QRLINK_UPSTREAM_HTTP", default_value = "1.1")]
+    /// HTTP version towards Unipile. `auto` (default): on `https://` ALPN offers `h2` and
+    /// `http/1.1` and each connection speaks what the server picks (HTTP/2: calls are streams
+    /// on a few connections; HTTP/1.1: a connection per pending long poll); plain `http://`
+    /// speaks HTTP/1.1. `2`: HTTP/2 only (`https://`: the server must agree by ALPN; plain
+    /// `http://`: spoken from the first byte, as `qrlink simulate` understands). `1.1`:
+    /// HTTP/1.1 only. HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured (http://
+    /// proxies).
+    #[arg(long, env = "QRLINK_UPSTREAM_HTTP", default_value = "auto")]
     pub upstream_http: UpstreamHttp,
 
-    /// With `--upstream-http 2`: streams on one connection before another is opened. Keep it
-    /// at or under the server's `SETTINGS_MAX_CONCURRENT_STREAMS` (100 is the least RFC 9113
-    /// recommends servers allow), or calls over it wait for a free stream.
+    /// With HTTP/2: streams on one connection before another is opened (fewer if the server
+    /// allows fewer: its `SETTINGS_MAX_CONCURRENT_STREAMS` is respected as it changes).
     #[arg(long, env = "QRLINK_UPSTREAM_HTTP2_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub upstream_http2_streams: u32,
+
+    /// PEM file of root certificates trusted for the upstream besides the usual web roots: a
+    /// TLS-intercepting corporate proxy's, or `qrlink simulate --tls --cert-out`'s.
+    #[arg(long, env = "QRLINK_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
 
     /// Time given to open sessions to say goodbye on shutdown before they are dropped.
     #[arg(long, env = "QRLINK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -288,8 +307,11 @@ pub struct Config {
 /// HTTP version of the Unipile client (`--upstream-http`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum UpstreamHttp {
-    /// HTTP/1.1 only: a connection per call in flight.
+    /// What the server picks by ALPN on `https://`; HTTP/1.1 on plain `http://`.
     #[default]
+    #[value(name = "auto")]
+    Auto,
+    /// HTTP/1.1 only: a connection per call in flight.
     #[value(name = "1.1")]
     Http1,
     /// HTTP/2: streams on a small pool of connections (ALPN on TLS, prior knowledge on plain
@@ -522,6 +544,8 @@ mod tests {
         assert_eq!(c.providers, ["whatsapp", "google_messages", "telegram"]);
         assert_eq!(c.qr_ttl.for_provider("whatsapp"), Duration::from_secs(60));
         assert_eq!(c.qr_ttl.for_provider("telegram"), Duration::from_secs(30));
+        assert_eq!(c.upstream_http, UpstreamHttp::Auto);
+        assert_eq!(c.upstream_ca_file, None);
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Gateway {
                 (base, key, Some((Simulator::new(sim), twofa)))
             }
         };
-        let upstream = UnipileClient::new(
+        let upstream = UnipileClient::with_reach(
             &base,
             &key,
             RetryPolicy {
@@ -91,10 +91,17 @@ impl Gateway {
             // The embedded simulator is served by this gateway's own HTTP/1.1 listener.
             match config.upstream_http {
                 _ if simulator.is_some() => HttpVersion::Http1,
+                UpstreamHttp::Auto => HttpVersion::Auto {
+                    streams_per_connection: config.upstream_http2_streams as usize,
+                },
                 UpstreamHttp::Http1 => HttpVersion::Http1,
                 UpstreamHttp::Http2 => HttpVersion::Http2 {
                     streams_per_connection: config.upstream_http2_streams as usize,
                 },
+            },
+            upstream::Reach {
+                ca_file: config.upstream_ca_file.clone(),
+                ..upstream::Reach::default()
             },
         )?;
         crate::metrics::install();

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use qrlink::config::{Cli, Command, Config, LogFormat, SimulateArgs, TokenArgs, VerifyResultArgs};
 use qrlink::http::auth;
-use qrlink::simulator::{Simulator, SimulatorConfig};
+use qrlink::simulator::{SelfSigned, Simulator, SimulatorConfig};
 use qrlink::{Gateway, telemetry};
 use tokio::net::TcpListener;
 
@@ -90,9 +90,26 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let config =
         SimulatorConfig::demo_defaults(args.api_key).with_timings(args.qr_ttl, args.qr_count);
-    tracing::info!(%addr, "Unipile simulator listening; point UNIPILE_API_URL at http://{addr}");
-    Simulator::new(config)
-        .serve(listener, shutdown_signal())
+    let simulator = Simulator::new(config);
+    if !args.tls {
+        tracing::info!(%addr, "Unipile simulator listening; point UNIPILE_API_URL at http://{addr}");
+        return Ok(simulator.serve(listener, shutdown_signal()).await?);
+    }
+    let tls =
+        SelfSigned::generate(&[addr.ip().to_string()], args.alpn).map_err(anyhow::Error::msg)?;
+    match &args.cert_out {
+        Some(path) => std::fs::write(path, &tls.cert_pem)
+            .with_context(|| format!("cannot write the certificate to {}", path.display()))?,
+        None => print!("{}", tls.cert_pem),
+    }
+    tracing::info!(
+        %addr,
+        alpn = ?args.alpn,
+        "Unipile simulator listening over TLS; point UNIPILE_API_URL at https://{addr} and \
+         trust its certificate (--upstream-ca-file)"
+    );
+    simulator
+        .serve_tls(listener, tls.acceptor, shutdown_signal())
         .await?;
     Ok(())
 }

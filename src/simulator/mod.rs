@@ -39,6 +39,7 @@ mod mint;
 mod record;
 mod reply;
 mod scan_page;
+mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,7 @@ pub use fault::{Endpoint, Fault};
 pub use intent::ScanError;
 pub use record::{PollOutcome, PollRecord, RecordedRequest};
 pub use reply::ANSWERED_AT_HEADER;
+pub use tls::{Alpn, SelfSigned};
 
 use fault::FaultQueue;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -254,9 +256,32 @@ impl Simulator {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// [`Simulator::serve`] over HTTPS (`qrlink simulate --tls`): connections that open with a
+    /// TLS handshake get `tls`'s certificate and speak what ALPN agreed (HTTP/2 for `h2`, else
+    /// HTTP/1.1); the others are served as plain HTTP, for the control API (see the `tls`
+    /// module).
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: tokio_rustls::TlsAcceptor,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.serve_with(listener, Some(tls), shutdown).await
+    }
+
+    async fn serve_with(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let router = self.router();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http2().max_concurrent_streams(MAX_HTTP2_STREAMS);
+        let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -266,10 +291,28 @@ impl Simulator {
             };
             self.inner.connections.fetch_add(1, Ordering::Relaxed);
             let service = TowerToHyperService::new(router.clone());
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            tokio::spawn(graceful.watch(conn));
+            let Some(tls) = tls.clone() else {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                tokio::spawn(graceful.watch(conn));
+                continue;
+            };
+            // The handshake runs in the connection's own task, never in the accept loop.
+            let (builder, watcher) = (builder.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                if !tls::starts_with_tls(&stream).await {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                    return;
+                }
+                let stream = match tls.accept(stream).await {
+                    Ok(stream) => stream,
+                    Err(e) => return tracing::debug!(error = %e, "simulator: TLS handshake failed"),
+                };
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn.into_owned()).await;
+            });
         }
         drop(listener);
         self.shutdown();

@@ -1,25 +1,33 @@
-//! The Unipile client: Start Auth Intent and Solve a Checkpoint over one `reqwest::Client`,
-//! with lenient typed decoding and a retry policy for transient failures.
+//! The Unipile client: Start Auth Intent and Solve a Checkpoint over one connection pool
+//! ([`pool`]: HTTP/2 streams or lean HTTP/1.1 connections, as the server agrees), with lenient
+//! typed decoding and a retry policy for transient failures.
 //!
 //! Decoding is deliberately lenient (UNIPILE.md: fields vary across SDK versions): responses are
 //! told apart by their `object` field, unknown fields are kept, and only what the link attempt
 //! needs is required.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use bytes::Bytes;
+use hyper::StatusCode;
+use hyper::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-
+mod connect;
+mod h1;
 mod h2pool;
+mod pool;
+mod tls;
 
-pub use h2pool::H2Pool;
-use h2pool::Target;
+pub use connect::proxies_from_env;
+pub use hyper_util::client::proxy::matcher::Matcher as ProxyMatcher;
+pub use pool::{IDLE_TIMEOUT, PoolError};
+
+use connect::{Dialer, Offer};
+use pool::{CallError, Outgoing, Pool};
 
 const USER_AGENT: &str = concat!("qrlink/", env!("CARGO_PKG_VERSION"));
 
@@ -51,7 +59,7 @@ pub struct Timeouts {
 /// The Unipile API client. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct UnipileClient {
-    transport: Transport,
+    pool: Pool,
     intent: Call,
     checkpoint: Call,
     /// Marked sensitive so it is never printed by `Debug` of a request.
@@ -63,22 +71,41 @@ pub struct UnipileClient {
 /// The HTTP version of the client (`--upstream-http`, `--upstream-http2-streams`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpVersion {
+    /// What the server picks: on `https://` ALPN offers `h2` and `http/1.1`; plain `http://`
+    /// speaks HTTP/1.1.
+    Auto {
+        /// HTTP/2 streams one connection carries before the pool opens another.
+        streams_per_connection: usize,
+    },
     /// HTTP/1.1 only: a connection per call in flight.
     Http1,
-    /// HTTP/2 streams, at most this many per connection (see [`H2Pool`]).
+    /// HTTP/2 only (prior knowledge on plain `http://`).
     Http2 {
         /// Streams one connection carries before the pool opens another.
         streams_per_connection: usize,
     },
 }
 
-/// How calls reach Unipile (`--upstream-http`).
-#[derive(Clone)]
-enum Transport {
-    /// reqwest, HTTP/1.1 only: a connection per call in flight, kept alive in its pool.
-    Http1(reqwest::Client),
-    /// Streams on a few HTTP/2 connections.
-    Http2(H2Pool),
+/// How the client reaches Unipile besides the HTTP version.
+#[derive(Debug)]
+pub struct Reach {
+    /// A PEM file of roots trusted besides the webpki roots (`--upstream-ca-file`).
+    pub ca_file: Option<PathBuf>,
+    /// Proxy rules (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`).
+    pub proxies: ProxyMatcher,
+    /// How long a connection may stay idle before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Reach {
+    /// No extra roots, the environment's proxies, [`IDLE_TIMEOUT`].
+    fn default() -> Self {
+        Reach {
+            ca_file: None,
+            proxies: proxies_from_env(),
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// One of the two endpoints.
@@ -86,24 +113,22 @@ enum Transport {
 struct Call {
     /// Metrics label.
     label: &'static str,
-    url: String,
     uri: hyper::Uri,
 }
 
 impl Call {
     fn new(label: &'static str, base: &str, path: &str) -> Result<Call, BuildError> {
-        let url = format!("{base}{path}");
-        let uri = url
+        let uri = format!("{base}{path}")
             .parse()
             .map_err(|_| BuildError::BadUrl(base.to_owned()))?;
-        Ok(Call { label, url, uri })
+        Ok(Call { label, uri })
     }
 }
 
 impl std::fmt::Debug for UnipileClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UnipileClient")
-            .field("intent_url", &self.intent.url)
+            .field("intent_url", &self.intent.uri)
             .field("api_key", &"<redacted>")
             .finish()
     }
@@ -207,9 +232,15 @@ pub enum BuildError {
     /// The base URL is not an http(s) URL.
     #[error("the Unipile API URL {0:?} is not an http(s) URL")]
     BadUrl(String),
-    /// reqwest could not build its client (TLS setup).
-    #[error("cannot build the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    /// The extra roots file cannot be read or holds no certificate.
+    #[error("--upstream-ca-file: {0}")]
+    CaFile(String),
+    /// The upstream or its proxy cannot be reached as configured.
+    #[error("cannot reach the Unipile API URL: {0}")]
+    Reach(String),
+    /// The webhook deliverer's HTTP client cannot be built (TLS setup).
+    #[error("cannot build the webhook client: {0}")]
+    Webhook(#[from] reqwest::Error),
     /// Cluster mode's Redis URL is unusable (the gateway's other startup failure; the URL
     /// itself is not repeated, it may carry a password).
     #[error("{0}")]
@@ -229,13 +260,32 @@ enum Failure {
 }
 
 impl UnipileClient {
-    /// Builds the client: one connection pool for every session.
+    /// Builds the client: one connection pool for every session, the environment's proxies.
     pub fn new(
         base_url: &str,
         api_key: &str,
         retry: RetryPolicy,
         timeouts: Timeouts,
         version: HttpVersion,
+    ) -> Result<Self, BuildError> {
+        Self::with_reach(
+            base_url,
+            api_key,
+            retry,
+            timeouts,
+            version,
+            Reach::default(),
+        )
+    }
+
+    /// [`UnipileClient::new`] with extra roots, proxy rules and idle timeout of its own.
+    pub fn with_reach(
+        base_url: &str,
+        api_key: &str,
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+        version: HttpVersion,
+        reach: Reach,
     ) -> Result<Self, BuildError> {
         let base = base_url.trim_end_matches('/');
         let parsed = url::Url::parse(base).map_err(|_| BuildError::BadUrl(base.to_owned()))?;
@@ -244,28 +294,20 @@ impl UnipileClient {
         }
         let mut api_key = HeaderValue::from_str(api_key).map_err(|_| BuildError::BadApiKey)?;
         api_key.set_sensitive(true);
-        let transport = match version {
-            HttpVersion::Http1 => Transport::Http1(
-                reqwest::Client::builder()
-                    .connect_timeout(timeouts.connect)
-                    .tcp_nodelay(true)
-                    .user_agent(USER_AGENT)
-                    .http1_only()
-                    .build()?,
-            ),
+        let (offer, streams) = match version {
+            HttpVersion::Auto {
+                streams_per_connection,
+            } => (Offer::Both, streams_per_connection),
+            HttpVersion::Http1 => (Offer::Http1, 1),
             HttpVersion::Http2 {
                 streams_per_connection,
-            } => {
-                let target = Target::of(&parsed).ok_or_else(|| BuildError::BadUrl(base.into()))?;
-                Transport::Http2(H2Pool::new(
-                    target,
-                    timeouts.connect,
-                    streams_per_connection,
-                ))
-            }
+            } => (Offer::Http2, streams_per_connection),
         };
+        let roots = tls::roots(reach.ca_file.as_deref()).map_err(BuildError::CaFile)?;
+        let dialer = Dialer::new(&parsed, offer, roots, &reach.proxies, timeouts.connect)
+            .map_err(BuildError::Reach)?;
         Ok(UnipileClient {
-            transport,
+            pool: Pool::new(dialer, streams, reach.idle_timeout),
             intent: Call::new("intent", base, "/v2/auth/intent")?,
             checkpoint: Call::new("checkpoint", base, "/v2/auth/checkpoint")?,
             api_key,
@@ -274,12 +316,14 @@ impl UnipileClient {
         })
     }
 
-    /// Open HTTP/2 connections, with `--upstream-http 2`.
+    /// Open HTTP/2 connections; `None` when the client speaks HTTP/1.1 only.
     pub fn http2_connections(&self) -> Option<usize> {
-        match &self.transport {
-            Transport::Http1(_) => None,
-            Transport::Http2(pool) => Some(pool.connections()),
-        }
+        self.pool.h2_connections()
+    }
+
+    /// Idle HTTP/1.1 connections kept for the next call.
+    pub fn idle_http1_connections(&self) -> usize {
+        self.pool.idle_http1()
     }
 
     /// Start Auth Intent (`POST /v2/auth/intent`).
@@ -314,7 +358,7 @@ impl UnipileClient {
         loop {
             attempts += 1;
             let started = Instant::now();
-            let result = self.once(call, body.clone(), timeout).await;
+            let result = self.once(call, &body, timeout).await;
             let (status_label, out) = match result {
                 Ok((status, resp)) => (status.to_string(), Ok(resp)),
                 Err(failure) => ("failed".to_owned(), Err(failure)),
@@ -324,7 +368,10 @@ impl UnipileClient {
             .record(started.elapsed().as_secs_f64());
             let (reason, retry_after, api) = match out {
                 Ok(resp) => return Ok(resp),
-                Err(Failure::Final(e)) => {
+                Err(Failure::Final(mut e)) => {
+                    if let Error::Unavailable { attempts: a, .. } = &mut e {
+                        *a = attempts;
+                    }
                     if let Error::Api(api) = &e {
                         metrics::counter!("qrlink_upstream_errors_total", "type" => api.kind.clone())
                             .increment(1);
@@ -365,81 +412,50 @@ impl UnipileClient {
     async fn once(
         &self,
         call: &Call,
-        body: Bytes,
+        body: &Bytes,
         timeout: Duration,
     ) -> Result<(u16, AuthResponse), Failure> {
-        let answer = match &self.transport {
-            Transport::Http1(http) => self.once_http1(http, call, body, timeout).await,
-            Transport::Http2(pool) => {
-                tokio::time::timeout(timeout, self.once_http2(pool, call, body))
-                    .await
-                    .unwrap_or_else(|_| Err("timed out".to_owned()))
-            }
+        let headers = [
+            ("x-api-key", &self.api_key),
+            ("accept", &JSON),
+            ("content-type", &JSON),
+            ("user-agent", &USER_AGENT_VALUE),
+        ];
+        let out = Outgoing {
+            uri: &call.uri,
+            headers: &headers,
+            body,
         };
-        let (status, retry_after, bytes) = answer.map_err(|reason| Failure::Transient {
-            reason,
-            retry_after: None,
-            api: None,
-        })?;
-        decode(status, retry_after, &bytes).map(|r| (status.as_u16(), r))
-    }
-
-    /// Status, `Retry-After` and body over HTTP/1.1; `Err` is a transient failure's reason.
-    async fn once_http1(
-        &self,
-        http: &reqwest::Client,
-        call: &Call,
-        body: Bytes,
-        timeout: Duration,
-    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), String> {
-        let mut resp = http
-            .post(&call.url)
-            .header("x-api-key", self.api_key.clone())
-            .header("accept", "application/json")
-            .header("content-type", "application/json")
-            .body(body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
-        let status = resp.status();
-        let retry_after = retry_after(resp.headers());
-        let mut buf = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
-            append_limited(&mut buf, &chunk)?;
-        }
-        Ok((status, retry_after, buf))
-    }
-
-    /// The same over a stream of the HTTP/2 pool.
-    async fn once_http2(
-        &self,
-        pool: &H2Pool,
-        call: &Call,
-        body: Bytes,
-    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), String> {
-        let req = hyper::Request::post(call.uri.clone())
-            .header("x-api-key", self.api_key.clone())
-            .header("accept", "application/json")
-            .header("content-type", "application/json")
-            .header("user-agent", USER_AGENT)
-            .body(Full::new(body))
-            .map_err(|_| "request failed".to_owned())?;
-        // The lease keeps the stream's slot until the body is read.
-        let (_lease, resp) = pool.send(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let retry_after = retry_after(resp.headers());
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| "body read failed".to_owned())?;
-            if let Some(chunk) = frame.data_ref() {
-                append_limited(&mut buf, chunk)?;
+        let answer = match tokio::time::timeout(timeout, self.pool.send(&out)).await {
+            Ok(Ok(answer)) => answer,
+            // Configuration, not weather: no retry makes the server speak HTTP/2.
+            Ok(Err(CallError::Pool(PoolError::NoH2))) => {
+                tracing::warn!("{}", PoolError::NoH2);
+                return Err(Failure::Final(Error::Unavailable {
+                    attempts: 1,
+                    last: PoolError::NoH2.to_string(),
+                }));
             }
-        }
-        Ok((status, retry_after, buf))
+            Ok(Err(e)) => return Err(transient(e.to_string())),
+            Err(_) => return Err(transient("timed out".to_owned())),
+        };
+        decode(answer.status, answer.retry_after, &answer.body).map(|r| (answer.status.as_u16(), r))
     }
 }
+
+/// A transport failure, worth another try.
+fn transient(reason: String) -> Failure {
+    Failure::Transient {
+        reason,
+        retry_after: None,
+        api: None,
+    }
+}
+
+/// `application/json`, for `accept` and `content-type`.
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// `user-agent`.
+static USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(USER_AGENT);
 
 fn append_limited(buf: &mut Vec<u8>, chunk: &[u8]) -> Result<(), String> {
     if buf.len() + chunk.len() > MAX_BODY_BYTES {
@@ -449,25 +465,13 @@ fn append_limited(buf: &mut Vec<u8>, chunk: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// A failure description that never includes the URL's secrets or bodies.
-fn describe(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "body read failed"
-    } else {
-        "request failed"
-    };
-    match e.status() {
-        Some(s) => format!("{what} ({s})"),
-        None => what.to_owned(),
-    }
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_value(headers.get(RETRY_AFTER)?.to_str().ok()?)
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+/// A `Retry-After` value: seconds, or an HTTP date (past dates are 0).
+fn retry_after_value(v: &str) -> Option<Duration> {
+    let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -623,6 +627,12 @@ mod tests {
                     streams_per_connection: 100,
                 },
             ),
+            (
+                "https://127.0.0.1:9",
+                HttpVersion::Auto {
+                    streams_per_connection: 100,
+                },
+            ),
         ] {
             let client = UnipileClient::new(
                 url,
@@ -722,3 +732,7 @@ mod tests {
 #[cfg(test)]
 #[path = "decode_props.rs"]
 mod props;
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod pool_tests;

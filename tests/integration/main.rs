@@ -27,6 +27,7 @@ mod security;
 mod simulator;
 mod upstream_errors;
 mod upstream_http2;
+mod upstream_tls;
 mod watch;
 mod webhooks;
 mod ws_fragments;

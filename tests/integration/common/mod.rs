@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use qrlink::link::protocol::{Envelope, ErrorFrame, QrFrame, ServerFrame};
-use qrlink::simulator::{PollOutcome, ProviderSim, Simulator, SimulatorConfig};
+use qrlink::simulator::{Alpn, PollOutcome, ProviderSim, SelfSigned, Simulator, SimulatorConfig};
 use qrlink::state::AppState;
 use qrlink::{Config, Gateway};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,7 +63,18 @@ pub fn sim_config(ttl: Duration, count: u32) -> SimulatorConfig {
 pub struct TestSimulator {
     pub sim: Simulator,
     pub addr: SocketAddr,
+    /// Set when it serves HTTPS: its self-signed certificate, written to a PEM file (removed
+    /// on drop).
+    pub cert_file: Option<std::path::PathBuf>,
     _stop: oneshot::Sender<()>,
+}
+
+impl Drop for TestSimulator {
+    fn drop(&mut self) {
+        if let Some(file) = &self.cert_file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
 
 impl TestSimulator {
@@ -78,12 +89,39 @@ impl TestSimulator {
         TestSimulator {
             sim,
             addr,
+            cert_file: None,
+            _stop: stop,
+        }
+    }
+
+    /// The simulator over HTTPS (as `qrlink simulate --tls --alpn …`), reached as `localhost`.
+    pub async fn start_tls(config: SimulatorConfig, alpn: Alpn) -> TestSimulator {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = SelfSigned::generate(&[], alpn).unwrap();
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cert_file =
+            std::env::temp_dir().join(format!("qrlink-test-{}-{n}.pem", std::process::id()));
+        std::fs::write(&cert_file, &tls.cert_pem).unwrap();
+        let sim = Simulator::new(config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(sim.clone().serve_tls(listener, tls.acceptor, async move {
+            let _ = stopped.await;
+        }));
+        TestSimulator {
+            sim,
+            addr,
+            cert_file: Some(cert_file),
             _stop: stop,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.cert_file {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 }
 
@@ -104,9 +142,13 @@ impl TestGateway {
     }
 
     pub async fn with(sim: SimulatorConfig, extra_args: &[&str]) -> TestGateway {
+        Self::in_front_of(TestSimulator::start(sim).await, extra_args).await
+    }
+
+    /// A gateway in front of `upstream` (an HTTPS one is trusted with `--upstream-ca-file`).
+    pub async fn in_front_of(upstream: TestSimulator, extra_args: &[&str]) -> TestGateway {
         init_logs();
-        let upstream = Arc::new(TestSimulator::start(sim).await);
-        Self::serve(upstream, extra_args).await
+        Self::serve(Arc::new(upstream), extra_args).await
     }
 
     /// Another gateway (another node, in cluster tests) in front of `other`'s simulator.
@@ -138,6 +180,9 @@ impl TestGateway {
             "--resume-grace".to_owned(),
             "0".to_owned(),
         ];
+        if let Some(file) = &upstream.cert_file {
+            args.extend(["--upstream-ca-file".to_owned(), file.display().to_string()]);
+        }
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = Config::from_args(args).expect("test config parses");
         let listener = TcpListener::bind(config.listen).await.unwrap();
