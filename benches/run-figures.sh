@@ -17,10 +17,13 @@
 # BIN (target/release), GW_BIN (the gateway's qrlink only, default BIN: another build to compare,
 # with this tree's simulator and load generator), OUT (a new folder under /tmp/qrlink-bench), GW_ENV (extra environment
 # for the gateway, e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"), GW_ARGS
-# (extra gateway flags), UPSTREAM_HTTP (the gateway's --upstream-http, 2: streams on a few
-# HTTP/2 connections to the simulator; 1.1 for a connection per pending poll), LOAD_ARGS
-# (extra qrlink-load flags, e.g. "--settle 12s"). Loopback only; needs `ulimit -n 20000` to be
-# allowed (it raises it).
+# (extra gateway flags), UPSTREAM_HTTP (the gateway's --upstream-http; unset: its default,
+# auto), SIM_TLS (1, the default: the simulator serves HTTPS with a self-signed certificate, as
+# Unipile is HTTPS, and the gateway and the Express peer trust it through --upstream-ca-file and
+# NODE_EXTRA_CA_CERTS; 0: plain HTTP, as the figures before issue #13 were measured), SIM_ALPN
+# (both, h2 or http/1.1: what the TLS simulator offers), GW_PORT, SIM_PORT, PEER_PORT (3000,
+# 3100, 3200), LOAD_ARGS (extra qrlink-load flags, e.g. "--settle 12s"). Loopback only; needs
+# `ulimit -n 20000` to be allowed (it raises it).
 # The 30-minute soak of issue #14 is benches/soak.sh (its own ports, its own simulator settings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +34,21 @@ RUNS=${RUNS:-3}
 RATE=${RATE:-3000}
 OUT=${OUT:-/tmp/qrlink-bench/$(date +%Y%m%d-%H%M%S)}
 SRC=127.0.0.2-127.0.0.20
-SIM_URL=http://127.0.0.1:3100
+GW_PORT=${GW_PORT:-3000}
+SIM_PORT=${SIM_PORT:-3100}
+PEER_PORT=${PEER_PORT:-3200}
+SIM_TLS=${SIM_TLS:-1}
+SIM_ALPN=${SIM_ALPN:-both}
+# The load generator reaches the simulator's control API over plain HTTP (the TLS simulator
+# serves it on the same port); the gateway and the peer reach the Unipile API as configured.
+SIM_URL=http://127.0.0.1:$SIM_PORT
+UPSTREAM_URL=$SIM_URL
+CERT=
 mkdir -p "$OUT"
+if [ "$SIM_TLS" = 1 ]; then
+  UPSTREAM_URL=https://127.0.0.1:$SIM_PORT
+  CERT=$OUT/simulator-cert.pem
+fi
 echo "results in $OUT"
 
 SIM= GW=
@@ -55,28 +71,35 @@ wait_port() {
 }
 
 start_sim() {
-  RUST_LOG=warn "$BIN/qrlink" simulate --listen 127.0.0.1:3100 --api-key k --qr-ttl 60s \
-    >>"$OUT/simulator.log" 2>&1 &
+  local tls=()
+  [ "$SIM_TLS" = 1 ] && tls=(--tls --cert-out "$CERT" --alpn "$SIM_ALPN")
+  RUST_LOG=warn "$BIN/qrlink" simulate --listen "127.0.0.1:$SIM_PORT" --api-key k --qr-ttl 60s \
+    "${tls[@]}" >>"$OUT/simulator.log" 2>&1 &
   SIM=$!
-  wait_port 3100
+  wait_port "$SIM_PORT"
 }
 
 start_gateway() {
   # Admission limits opened up: all the load comes from 19 loopback addresses.
-  env RUST_LOG=warn ${GW_ENV:-} "${GW_BIN:-$BIN}/qrlink" --listen 127.0.0.1:3000 \
-    --unipile-api-url "$SIM_URL" --unipile-api-key k \
+  local upstream=()
+  [ -n "$CERT" ] && upstream+=(--upstream-ca-file "$CERT")
+  [ -n "${UPSTREAM_HTTP:-}" ] && upstream+=(--upstream-http "$UPSTREAM_HTTP")
+  # shellcheck disable=SC2086 # GW_ENV and GW_ARGS are lists
+  env RUST_LOG=warn ${GW_ENV:-} "${GW_BIN:-$BIN}/qrlink" --listen "127.0.0.1:$GW_PORT" \
+    --unipile-api-url "$UPSTREAM_URL" --unipile-api-key k \
     --max-sessions 100000 --max-sessions-per-ip 100000 \
-    --sessions-per-ip-per-minute 100000000 --upstream-http "${UPSTREAM_HTTP:-2}" ${GW_ARGS:-} \
+    --sessions-per-ip-per-minute 100000000 "${upstream[@]}" ${GW_ARGS:-} \
     >>"$OUT/gateway.log" 2>&1 &
   GW=$!
-  wait_port 3000
+  wait_port "$GW_PORT"
 }
 
 start_express() {
-  UNIPILE_API_URL=$SIM_URL UNIPILE_API_KEY=k PORT=3200 \
-    node benches/peer-express/server.js >>"$OUT/express.log" 2>&1 &
+  # Node's fetch trusts the simulator's certificate as Node trusts any extra root.
+  env ${CERT:+NODE_EXTRA_CA_CERTS=$CERT} UNIPILE_API_URL="$UPSTREAM_URL" UNIPILE_API_KEY=k \
+    PORT="$PEER_PORT" node benches/peer-express/server.js >>"$OUT/express.log" 2>&1 &
   GW=$!
-  wait_port 3200
+  wait_port "$PEER_PORT"
 }
 
 load() { # name run args...
@@ -95,12 +118,12 @@ scenario() {
     case $name in
       rate)
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $((RATE * 30)) --rate "$RATE" --warmup 500 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --sessions $((RATE * 30)) --rate "$RATE" --warmup 500 \
           --concurrency 2000 --hold-ms 0 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
           --duration-limit 90s ;;
       cpu)
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 8000 --rate 800 --warmup 400 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --sessions 8000 --rate 800 --warmup 400 \
           --concurrency 2000 --hold-ms 0 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
           --duration-limit 60s ;;
       churn)
@@ -109,20 +132,20 @@ scenario() {
         # runs its default resume grace (120 s): the 90% that close or drop stay detached that
         # long, so the drain (and the wait after the warm-up) take about 2 minutes more.
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --churn --churn-mix 80,10,10 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --churn --churn-mix 80,10,10 \
           --sessions "${CHURN_N:-100000}" --rate "${CHURN_RATE:-500}" --warmup "${CHURN_WARMUP:-5000}" \
           --concurrency 2000 --source-ips $SRC --gateway-pid "$GW" --sim-pid "$SIM" \
           --duration-limit 300s --drain-timeout 200s ;;
       hold3k)
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 3000 --rate 500 --warmup 200 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --sessions 3000 --rate 500 --warmup 200 \
           --concurrency 20000 --hold-ms 10000 --source-ips $SRC --gateway-pid "$GW" \
           --sim-pid "$SIM" --duration-limit 60s ;;
       hold1k | hold9k)
         local n=1000 hold=15000 scan=8000 hang=6000
         [ "$name" = hold9k ] && n=9000 hold=40000 scan=20000 hang=19000
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions $n --rate "${HOLD_RATE:-500}" --warmup 200 --concurrency 20000 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --sessions $n --rate "${HOLD_RATE:-500}" --warmup 200 --concurrency 20000 \
           --hold-ms $hold --scan-after-ms $scan --scan-sample 100 --hangup-sample 100 \
           --hangup-after-ms $hang --sim-url $SIM_URL --source-ips $SRC --gateway-pid "$GW" \
           --sim-pid "$SIM" --duration-limit 120s ;;
@@ -131,7 +154,7 @@ scenario() {
         # (200 ms between hang-up and resume, close and drop alternating) from 20 s after
         # their first QR, when all 9,000 are open.
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 9100 --rate "${HOLD_RATE:-500}" --warmup 200 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --sessions 9100 --rate "${HOLD_RATE:-500}" --warmup 200 \
           --concurrency 20000 --hold-ms 45000 --resume-sample 100 --resume-cycles 20 \
           --resume-after-ms 20000 --resume-pause-ms 200 --source-ips $SRC --gateway-pid "$GW" \
           --sim-pid "$SIM" --duration-limit 120s ;;
@@ -141,19 +164,19 @@ scenario() {
         # each up right after its first QR: no high-water of 9,000 attached sessions under the
         # detached ones.
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions 9000 --rate "${HOLD_RATE:-500}" --warmup 200 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --sessions 9000 --rate "${HOLD_RATE:-500}" --warmup 200 \
           --concurrency 20000 --hold-ms "${DETACH_HOLD_MS:-25000}" --settle 5s --source-ips $SRC --gateway-pid "$GW" \
           --sim-pid "$SIM" --duration-limit 120s ;;
       resume)
         start_gateway
-        load "$name" "$i" --url ws://127.0.0.1:3000 --sessions "${RESUME_N:-2000}" --rate 200 --warmup 200 \
+        load "$name" "$i" --url ws://127.0.0.1:$GW_PORT --sessions "${RESUME_N:-2000}" --rate 200 --warmup 200 \
           --concurrency 100 --resume-cycles "${RESUME_CYCLES:-20}" --source-ips $SRC \
           --gateway-pid "$GW" --sim-pid "$SIM" --duration-limit 300s --drain-timeout 60s ;;
       express1k | express9k)
         local n=1000 hold=15000 scan=8000 hang=6000
         [ "$name" = express9k ] && n=9000 hold=40000 scan=20000 hang=19000
         start_express
-        load "$name" "$i" --mode express --url http://127.0.0.1:3200 --sessions $n --rate "${HOLD_RATE:-500}" --warmup 200 \
+        load "$name" "$i" --mode express --url http://127.0.0.1:$PEER_PORT --sessions $n --rate "${HOLD_RATE:-500}" --warmup 200 \
           --concurrency 20000 --hold-ms $hold --scan-after-ms $scan --scan-sample 100 \
           --hangup-sample 100 --hangup-after-ms $hang --sim-url $SIM_URL --source-ips $SRC \
           --gateway-pid "$GW" --sim-pid "$SIM" --duration-limit 120s ;;
