@@ -18,8 +18,8 @@
 //!   watch events, resume and takeover, admission limits; `memory` behind one interface.
 //! - [`notify`]: telling the app's backend the outcome: result tokens and Standard Webhooks
 //!   (an outbox, a deliverer).
-//! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries; HTTP/1.1 over
-//!   reqwest, or HTTP/2 streams on its own small pool of connections (`upstream/h2pool.rs`).
+//! - [`upstream`]: the Unipile client: typed lenient decoding, timeouts, retries, over its own
+//!   pool (`upstream/pool.rs`): HTTP/2 streams, or lean HTTP/1.1 connections, as ALPN agrees.
 //! - [`qr`]: QR encoding and SVG / terminal rendering, pure functions.
 //! - [`simulator`]: the embedded Unipile simulator (demo mode, tests, `qrlink simulate`).
 //! - [`config`]: flags and environment variables (`--help` text lives there).

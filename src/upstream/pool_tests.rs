@@ -465,3 +465,47 @@ async fn idle_connections_are_closed_by_the_timer() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_plain_http_upstream_goes_through_http_proxy_as_absolute_form_requests() {
+    // The proxy answers itself, as a forwarding proxy relays an answer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let seen = watch::Sender::new(String::new());
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n{}") {
+            let mut byte = [0u8; 1];
+            if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        record.send_replace(String::from_utf8_lossy(&head).into_owned());
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    let url = url::Url::parse("http://unipile.invalid:8080").unwrap();
+    let via = ProxyMatcher::builder()
+        .http(format!("http://u:p@{proxy}"))
+        .build();
+    let dialer = Dialer::new(&url, Offer::Both, tls::roots(None).unwrap(), &via, WAIT).unwrap();
+    let pool = Pool::new(dialer, 100, WAIT);
+    let uri: hyper::Uri = "http://unipile.invalid:8080/v2/auth/checkpoint"
+        .parse()
+        .unwrap();
+    assert_eq!(call(&pool, &uri).await.unwrap(), "ok");
+    let head = seen.borrow().clone();
+    assert!(
+        head.starts_with("POST http://unipile.invalid:8080/v2/auth/checkpoint HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("host: unipile.invalid:8080\r\n"), "{head}");
+    assert!(
+        head.contains("proxy-authorization: Basic dTpw\r\n"),
+        "{head}"
+    );
+}
