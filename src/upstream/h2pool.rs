@@ -5,14 +5,15 @@
 //! Why not reqwest's HTTP/2: it puts every call on one connection per host, so once the
 //! server's stream limit is reached (often 100–256 behind a CDN or a load balancer) further
 //! long polls wait inside hyper, for up to a QR lifetime each, and go out later as complete
-//! requests whose browsers may long have left. The pool never lets hyper queue: a connection
+//! requests whose browsers may long have left. The pool never lets a call queue: a connection
 //! at its limit takes no more leases and another connection is opened. It is also much lighter
-//! per pending long poll: a stream costs about 2 KiB in the gateway, where reqwest +
-//! hyper-util's pool cost about 9 KiB on top of it (heaptrack, benches/README.md).
+//! per pending long poll: reqwest + hyper-util's pool cost about 9 KiB per pending call on top
+//! of the stream (heaptrack, benches/README.md), and hyper's own client still a task, a
+//! callback and a channel slot; here a pending call is its h2 stream and its own future.
 //!
-//! - The limit is read live from hyper's connection (a server may lower it at any time). Until
+//! - The limit is read live from the connection (a server may lower it at any time). Until
 //!   the server's first SETTINGS arrive it is 0 (`initial_max_send_streams(0)`), and a new
-//!   connection is handed out only once they have: before, hyper would assume 100 streams.
+//!   connection is handed out only once they have: before, h2 would assume 100 streams.
 //! - A [`Lease`] holds a stream slot for as long as a call's future lives: dropping the call
 //!   (a browser hung up) drops the response future, which resets the stream (`RST_STREAM`) at
 //!   once and frees the slot. The connection and the other calls on it go on.
@@ -22,39 +23,32 @@
 //! - Connections are pinged every 30 s, so a dead one fails its calls (which the client
 //!   retries) instead of leaving them to the poll timeout.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::client::conn::http2;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::Stream;
 use super::pool::{CallError, PoolError};
 
-/// Every 30 s a connection idle at the frame level (long polls pending, nothing said) is
-/// pinged, so a connection that died silently fails its calls instead of leaving them to the
-/// poll timeout.
+/// Every 30 s each connection is pinged (long polls pending or not), so one that died silently
+/// fails its calls instead of leaving them to the poll timeout.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Time a keepalive ping has to come back.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a new connection looks whether the server's SETTINGS have arrived (hyper gives no
+/// How often a new connection looks whether the server's SETTINGS have arrived (h2 gives no
 /// signal for it); one round trip, so a few looks.
 const SETTINGS_LOOK: Duration = Duration::from_millis(1);
 
-type Driver = http2::Connection<TokioIo<Stream>, Full<Bytes>, TokioExecutor>;
-
-/// One HTTP/2 connection.
+/// One HTTP/2 connection, spoken with the `h2` crate: hyper's client adds, per request, a
+/// spawned task for the response, a oneshot callback and a dispatch-channel envelope, all alive
+/// for as long as a long poll is pending.
 pub(crate) struct H2Conn {
-    sender: http2::SendRequest<Full<Bytes>>,
-    /// hyper's connection future, polled by its own task, kept here to read the server's
-    /// current stream limit; dropped once it has ended, which fails the requests still queued
-    /// in it as never sent (kept, they would wait forever).
-    driver: Arc<Mutex<Option<Pin<Box<Driver>>>>>,
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set by the connection's task when the connection has ended.
+    ended: Arc<AtomicBool>,
     in_flight: AtomicUsize,
     /// Set when a stream was refused or the server said GOAWAY: no new leases.
     draining: AtomicBool,
@@ -77,46 +71,52 @@ impl Drop for Lease {
 
 impl H2Conn {
     /// The HTTP/2 handshake on `stream`, then the server's SETTINGS waited for until
-    /// `deadline`. The connection runs in its own task until it closes.
+    /// `deadline`. The connection runs in its own task (with its keepalive) until it closes.
     pub async fn handshake(stream: Stream, deadline: Instant) -> Result<Arc<H2Conn>, PoolError> {
-        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_max_send_streams(0)
-            .keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(stream))
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(|e| {
                 tracing::debug!(error = %e, "upstream HTTP/2 handshake failed");
                 PoolError::Connect
             })?;
-        let driver = Arc::new(Mutex::new(Some(Box::pin(driver))));
-        let polled = driver.clone();
+        let ended = Arc::new(AtomicBool::new(false));
+        let mark = ended.clone();
+        let ping_pong = connection.ping_pong();
         tokio::spawn(async move {
-            let ended = std::future::poll_fn(|cx| {
-                let mut driver = polled.lock().expect("driver lock");
-                let Some(conn) = driver.as_mut() else {
-                    return std::task::Poll::Ready(Ok(()));
+            let keepalive = async move {
+                let Some(mut ping_pong) = ping_pong else {
+                    return std::future::pending().await;
                 };
-                let ended = std::task::ready!(conn.as_mut().poll(cx));
-                *driver = None;
-                std::task::Poll::Ready(ended)
-            })
-            .await;
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                loop {
+                    tokio::time::sleep(KEEPALIVE).await;
+                    let pong =
+                        tokio::time::timeout(KEEPALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque()));
+                    if !matches!(pong.await, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                },
+                // Dropping the connection fails the streams on it; the client retries them.
+                () = keepalive => tracing::debug!("upstream HTTP/2 connection: no answer to a ping"),
             }
+            mark.store(true, Ordering::Release);
         });
         let conn = Arc::new(H2Conn {
             sender,
-            driver,
+            ended,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
         });
         while conn.server_limit() == 0 {
-            if conn.sender.is_closed() || Instant::now() >= deadline {
+            if conn.closed() || Instant::now() >= deadline {
                 tracing::debug!("upstream HTTP/2 connection: no SETTINGS from the server");
                 return Err(PoolError::Connect);
             }
@@ -125,19 +125,14 @@ impl H2Conn {
         Ok(conn)
     }
 
-    /// The server's current `SETTINGS_MAX_CONCURRENT_STREAMS` (unlimited: `usize::MAX`); 0
-    /// once the connection has ended.
+    /// The server's current `SETTINGS_MAX_CONCURRENT_STREAMS` (unlimited: `usize::MAX`).
     fn server_limit(&self) -> usize {
-        self.driver
-            .lock()
-            .expect("driver lock")
-            .as_ref()
-            .map_or(0, |conn| conn.current_max_send_streams())
+        self.sender.current_max_send_streams()
     }
 
-    /// Whether the connection is gone (closed, or told to go away).
+    /// Whether the connection is gone.
     pub fn closed(&self) -> bool {
-        self.sender.is_closed()
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Whether it may take new calls at all.
@@ -167,14 +162,27 @@ impl H2Conn {
 }
 
 impl Lease {
-    /// Sends `req` on the leased stream. A stream the server never took is
-    /// [`CallError::NotSent`] and the connection takes no more leases.
+    /// Sends `req` with `body` on the leased stream. A stream the server never took is
+    /// [`CallError::NotSent`] and the connection takes no more leases. Dropping the returned
+    /// future, or the response's body, resets the stream (`RST_STREAM`).
     pub async fn send(
         &self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<Response<hyper::body::Incoming>, CallError> {
-        let mut sender = self.conn.sender.clone();
-        sender.send_request(req).await.map_err(|e| {
+        req: Request<()>,
+        body: Bytes,
+    ) -> Result<Response<h2::RecvStream>, CallError> {
+        let not_sent = |e: h2::Error| {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection refused a new stream");
+            self.conn.draining.store(true, Ordering::Release);
+            CallError::NotSent
+        };
+        // Nothing has left yet if either of these fails.
+        let mut sender = self.conn.sender.clone().ready().await.map_err(not_sent)?;
+        let (response, mut send) = sender.send_request(req, false).map_err(not_sent)?;
+        // Buffered by h2 until the stream's window allows it (a Unipile body is far smaller
+        // than the initial window).
+        send.send_data(body, true)
+            .map_err(|_| CallError::Failed("request failed".into()))?;
+        response.await.map_err(|e| {
             if never_taken(&e) {
                 self.conn.draining.store(true, Ordering::Release);
                 CallError::NotSent
@@ -186,22 +194,11 @@ impl Lease {
     }
 }
 
-/// Whether the server cannot have acted on the request: never written (the connection closed
-/// first), refused (`REFUSED_STREAM`, RFC 9113 section 8.7), or past a GOAWAY's last stream id.
-/// A GOAWAY error also reaches streams under that id if the server then closes the connection
-/// without answering them; sending one of those again is what RFC 9113 leaves to the client,
-/// and harmless for a long poll.
-fn never_taken(e: &hyper::Error) -> bool {
-    if e.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote());
-        }
-        source = s.source();
-    }
-    false
+/// Whether the server cannot have acted on a request whose stream was opened: refused
+/// (`REFUSED_STREAM`, RFC 9113 section 8.7) or past a GOAWAY's last stream id. A GOAWAY error
+/// also reaches streams under that id if the server then closes the connection without
+/// answering them; sending one of those again is what RFC 9113 leaves to the client, and
+/// harmless for a long poll.
+fn never_taken(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
 }

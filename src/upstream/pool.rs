@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper::header::HeaderValue;
 
@@ -338,18 +337,19 @@ async fn send_h2(lease: &Lease, out: &Outgoing<'_>) -> Result<Answer, CallError>
         req = req.header(*name, (*value).clone());
     }
     let req = req
-        .body(Full::new(out.body.clone()))
+        .header("content-length", out.body.len())
+        .body(())
         .map_err(|_| CallError::Failed("request failed".into()))?;
-    let resp = lease.send(req).await?;
+    let resp = lease.send(req, out.body.clone()).await?;
     let status: StatusCode = resp.status();
     let retry_after = retry_after(resp.headers());
     let mut body = resp.into_body();
     let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| CallError::Failed("body read failed".into()))?;
-        if let Some(chunk) = frame.data_ref() {
-            append_limited(&mut buf, chunk).map_err(CallError::Failed)?;
-        }
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| CallError::Failed("body read failed".into()))?;
+        // Given back at once: the connection's window is shared by every pending call.
+        let _ = body.flow_control().release_capacity(chunk.len());
+        append_limited(&mut buf, &chunk).map_err(CallError::Failed)?;
     }
     Ok(Answer {
         status,
