@@ -33,11 +33,19 @@ use hyper::{Request, Response};
 use super::connect::Stream;
 use super::pool::{CallError, PoolError};
 
+/// How a connection is checked for life: a ping every `every`, answered within `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keepalive {
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
 /// Every 30 s each connection is pinged (long polls pending or not), so one that died silently
-/// fails its calls instead of leaving them to the poll timeout.
-const KEEPALIVE: Duration = Duration::from_secs(30);
-/// Time a keepalive ping has to come back.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// fails its calls (which the client retries) instead of leaving them to the poll timeout.
+pub(crate) const KEEPALIVE: Keepalive = Keepalive {
+    every: Duration::from_secs(30),
+    timeout: Duration::from_secs(10),
+};
 /// How often a new connection looks whether the server's SETTINGS have arrived (h2 gives no
 /// signal for it); one round trip, so a few looks.
 const SETTINGS_LOOK: Duration = Duration::from_millis(1);
@@ -72,7 +80,11 @@ impl Drop for Lease {
 impl H2Conn {
     /// The HTTP/2 handshake on `stream`, then the server's SETTINGS waited for until
     /// `deadline`. The connection runs in its own task (with its keepalive) until it closes.
-    pub async fn handshake(stream: Stream, deadline: Instant) -> Result<Arc<H2Conn>, PoolError> {
+    pub async fn handshake(
+        stream: Stream,
+        deadline: Instant,
+        keepalive: Keepalive,
+    ) -> Result<Arc<H2Conn>, PoolError> {
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_max_send_streams(0)
             .enable_push(false)
@@ -86,14 +98,14 @@ impl H2Conn {
         let mark = ended.clone();
         let ping_pong = connection.ping_pong();
         tokio::spawn(async move {
-            let keepalive = async move {
+            let pings = async move {
                 let Some(mut ping_pong) = ping_pong else {
                     return std::future::pending().await;
                 };
                 loop {
-                    tokio::time::sleep(KEEPALIVE).await;
+                    tokio::time::sleep(keepalive.every).await;
                     let pong =
-                        tokio::time::timeout(KEEPALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque()));
+                        tokio::time::timeout(keepalive.timeout, ping_pong.ping(h2::Ping::opaque()));
                     if !matches!(pong.await, Ok(Ok(_))) {
                         return;
                     }
@@ -104,7 +116,7 @@ impl H2Conn {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 },
                 // Dropping the connection fails the streams on it; the client retries them.
-                () = keepalive => tracing::debug!("upstream HTTP/2 connection: no answer to a ping"),
+                () = pings => tracing::debug!("upstream HTTP/2 connection: no answer to a ping"),
             }
             mark.store(true, Ordering::Release);
         });

@@ -23,7 +23,7 @@ use hyper::header::HeaderValue;
 
 use super::connect::{Dialer, Protocol};
 use super::h1::{self, Answer, H1Conn, H1Error};
-use super::h2pool::{H2Conn, Lease};
+use super::h2pool::{H2Conn, KEEPALIVE, Keepalive, Lease};
 use super::{append_limited, retry_after};
 
 /// An idle connection is closed after this long (reqwest's pool waits 90 s; servers and load
@@ -90,6 +90,8 @@ struct Inner {
     streams_cap: usize,
     /// `IDLE_TIMEOUT`, shorter in tests.
     idle_timeout: Duration,
+    /// HTTP/2 pings (`KEEPALIVE`, shorter in tests).
+    keepalive: Keepalive,
     h2: Mutex<Vec<Arc<H2Conn>>>,
     h1_idle: Mutex<Vec<(H1Conn, Instant)>>,
     /// What the last new connection spoke ([`UNKNOWN`] before the first).
@@ -108,12 +110,23 @@ enum Checkout {
 impl Pool {
     /// A pool with no connection yet; the first call opens one.
     pub fn new(dialer: Dialer, streams_cap: usize, idle_timeout: Duration) -> Pool {
+        Self::with_keepalive(dialer, streams_cap, idle_timeout, KEEPALIVE)
+    }
+
+    /// [`Pool::new`] with HTTP/2 pings of its own.
+    pub(crate) fn with_keepalive(
+        dialer: Dialer,
+        streams_cap: usize,
+        idle_timeout: Duration,
+        keepalive: Keepalive,
+    ) -> Pool {
         let learned = if dialer.http1_only() { HTTP1 } else { UNKNOWN };
         Pool {
             inner: Arc::new(Inner {
                 dialer,
                 streams_cap: streams_cap.max(1),
                 idle_timeout,
+                keepalive,
                 h2: Mutex::new(Vec::new()),
                 h1_idle: Mutex::new(Vec::new()),
                 learned: AtomicU8::new(learned),
@@ -248,7 +261,7 @@ impl Pool {
             }
             Protocol::Http2 => {
                 let deadline = started + self.inner.dialer.timeout();
-                let conn = H2Conn::handshake(dialed.stream, deadline).await?;
+                let conn = H2Conn::handshake(dialed.stream, deadline, self.inner.keepalive).await?;
                 self.inner.learned.store(HTTP2, Ordering::Release);
                 let mut conns = self.inner.h2.lock().expect("pool lock");
                 let lease = conn.try_lease(self.inner.streams_cap);

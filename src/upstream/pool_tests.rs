@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use super::connect::{Dialer, Offer};
+use super::h2pool::Keepalive;
 use super::pool::{Outgoing, Pool, PoolError};
 use super::{ProxyMatcher, tls};
 use crate::simulator::{Alpn, SelfSigned};
@@ -508,4 +509,55 @@ async fn a_plain_http_upstream_goes_through_http_proxy_as_absolute_form_requests
         head.contains("proxy-authorization: Basic dTpw\r\n"),
         "{head}"
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_stops_answering_pings_fails_its_calls_and_is_dropped() {
+    // An HTTP/2 server that takes one request and then never reads its connection again: no
+    // answer, no pong, nothing closed (a peer gone silent behind a NAT, say).
+    let cert = SelfSigned::generate(&[], Alpn::H2).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = cert.acceptor.clone();
+    let (took, mut taken) = watch::channel(false);
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let mut conn = h2::server::handshake(tls).await.unwrap();
+        let held = conn.accept().await;
+        took.send_replace(true);
+        std::future::pending::<()>().await;
+        drop((conn, held));
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert_der.clone()).unwrap();
+    let url = url::Url::parse(&format!("https://localhost:{port}")).unwrap();
+    let dialer = Dialer::new(
+        &url,
+        Offer::Both,
+        roots,
+        &ProxyMatcher::builder().build(),
+        WAIT,
+    )
+    .unwrap();
+    let keepalive = Keepalive {
+        every: Duration::from_millis(200),
+        timeout: Duration::from_millis(200),
+    };
+    let pool = Pool::with_keepalive(dialer, 100, WAIT, keepalive);
+    let uri: hyper::Uri = format!("https://localhost:{port}/hold").parse().unwrap();
+    let held = tokio::spawn({
+        let pool = pool.clone();
+        async move { call(&pool, &uri).await }
+    });
+    tokio::time::timeout(WAIT, taken.wait_for(|t| *t))
+        .await
+        .expect("the server took the request")
+        .unwrap();
+    let failed = tokio::time::timeout(WAIT, held)
+        .await
+        .expect("the call fails once a ping goes unanswered, long before any poll timeout")
+        .unwrap();
+    assert_eq!(failed.unwrap_err(), "request failed");
+    assert_eq!(pool.h2_connections(), Some(0));
 }
