@@ -14,7 +14,7 @@
 #           session (INFO memory, used_memory at the plateau − before) and commands per attempt
 #           with its QR frame.
 #   resume  HOLD_N sessions held on node 1, and among them 100 that each hang up and resume
-#           on node 2, then on node 2 again (the session moves once, then stays), 20 cycles:
+#           on node 2, then on node 1, … (every resume moves it), 20 cycles:
 #           cross-node resume → replayed frame.
 # Its own ports (simulator 3190, nodes 3191–3193, Redis 6391) and source addresses
 # (127.0.0.21–50), so it can run beside run-figures.sh. Loopback only.

@@ -182,9 +182,9 @@ struct Args {
     /// Resume: hang-up → resume request (ms); 0 resumes at once, as a reload does.
     #[arg(long, default_value_t = 0)]
     resume_pause_ms: u64,
-    /// Resume: open the resumes on this gateway (host and port; the path and query are
-    /// `--url`'s) instead of `--url`'s: another node of a cluster, through which the session
-    /// moves (cluster mode, README "Run several nodes").
+    /// Resume: alternate the resumes between this gateway (host and port; the path and query
+    /// are `--url`'s) and `--url`'s, so that every resume moves the session to the other node
+    /// of a cluster (cluster mode, README "Run several nodes").
     #[arg(long)]
     resume_url: Option<String>,
     /// Soak (ws mode): every session takes a role from `--soak-mix`, upstream faults are

@@ -143,12 +143,17 @@ pub async fn run(ctx: &Ctx, i: u64, mut ws: Ws, mut shown: Shown, r: &mut Sessio
         r.resume = Some(log);
         return End::Failed(kind);
     }
-    let (at, base) = match &ctx.resume_to {
-        Some((at, url)) => (*at, url.as_str()),
-        None => (ctx.target, ctx.url.as_str()),
-    };
-    let url = resume_url(base, &shown.token);
+    // With `--resume-url` the session moves at every cycle: to the other gateway, back, …
+    let here = (ctx.target, resume_url(&ctx.url, &shown.token));
+    let there = ctx
+        .resume_to
+        .as_ref()
+        .map(|(at, url)| (*at, resume_url(url, &shown.token)));
     for cycle in 0..plan.cycles {
+        let (at, url) = match &there {
+            Some(there) if cycle % 2 == 0 => there,
+            _ => &here,
+        };
         let how = plan.hangup.of(cycle);
         match how {
             Exit::Close => log.closed += 1,
@@ -162,7 +167,7 @@ pub async fn run(ctx: &Ctx, i: u64, mut ws: Ws, mut shown: Shown, r: &mut Sessio
             tokio::time::sleep(plan.pause).await;
         }
         let asked = Instant::now();
-        let resumed = match ws_mode::open_at(ctx, at, i, &url).await {
+        let resumed = match ws_mode::open_at(ctx, *at, i, url).await {
             Ok(ws) => ws,
             Err(kind) => {
                 r.resume = Some(log);
