@@ -109,6 +109,7 @@ async fn notifier(url: String, concurrency: usize) -> Notifier {
         concurrency,
         retry_scale: 1.0,
         node: "bench-node".into(),
+        redis: None,
     })
     .unwrap()
 }

@@ -302,6 +302,12 @@ pub struct Config {
         hide = true
     )]
     pub webhook_retry_scale: f64,
+
+    /// Cluster mode, tests only: a webhook another node took and left unsettled this long is
+    /// claimed (its node is dead or stuck). Default: `--webhook-timeout` plus 5 s, so a live
+    /// node's attempt is never taken from it.
+    #[arg(long, env = "QRLINK_WEBHOOK_CLAIM_IDLE", value_parser = parse_duration, hide = true)]
+    pub webhook_claim_idle: Option<Duration>,
 }
 
 /// HTTP version of the Unipile client (`--upstream-http`).
@@ -397,6 +403,17 @@ impl Config {
             concurrency: self.webhook_concurrency as usize,
             retry_scale: self.webhook_retry_scale,
             node: self.node_id(),
+            redis: self
+                .redis_url
+                .as_ref()
+                .map(|url| crate::notify::outbox::RedisOutboxConfig {
+                    url: url.clone(),
+                    prefix: self.redis_prefix.clone(),
+                    node: self.node_id(),
+                    claim_idle: self
+                        .webhook_claim_idle
+                        .unwrap_or(self.webhook_timeout + Duration::from_secs(5)),
+                }),
         }))
     }
 

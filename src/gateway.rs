@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use crate::config::{Config, QrTtl, UpstreamHttp};
 use crate::http::{SIMULATOR_MOUNT, router};
-use crate::notify::Notifier;
+use crate::notify::{Notifier, StartError};
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::AppState;
 use crate::store::cluster::{Cluster, ClusterConfig};
@@ -107,7 +107,10 @@ impl Gateway {
         crate::metrics::install();
         // `Config::check` has refused bad webhook settings already.
         let notifier = match config.webhook() {
-            Ok(Some(webhook)) => Notifier::start(webhook)?,
+            Ok(Some(webhook)) => Notifier::start(webhook).map_err(|e| match e {
+                StartError::Client(e) => upstream::BuildError::Http(e),
+                StartError::Redis(e) => upstream::BuildError::Cluster(e),
+            })?,
             _ => Notifier::disabled(),
         };
         let shutdown = CancellationToken::new();

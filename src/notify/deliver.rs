@@ -117,8 +117,10 @@ impl Deliverer {
                 permit = permits.clone().acquire_owned() => permit.expect("never closed"),
                 () = stop.cancelled() => return,
             };
+            // This permit, and every other free one: what can start now.
+            let room = permits.available_permits() + 1;
             let msg = tokio::select! {
-                msg = self.outbox.take() => msg,
+                msg = self.outbox.take(room) => msg,
                 () = stop.cancelled() => return,
             };
             let this = self.clone();

@@ -6,7 +6,7 @@
 //! in the [`outbox`], which the [`deliver`]er POSTs to `QRLINK_WEBHOOK_URL` with retries.
 //! - [`event`]: the event types and body.
 //! - [`signing`]: `whsec_` secrets and `webhook-signature`.
-//! - [`outbox`]: pending webhooks (in memory; the seam for a Redis Stream).
+//! - [`outbox`]: pending webhooks (in memory, or in Redis in cluster mode: [`redis_outbox`]).
 //! - [`deliver`]: attempts, the retry schedule, `Retry-After`, 410, bounded concurrency.
 //! - [`journal`]: recent deliveries for the dashboard (`GET /api/deliveries`).
 
@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod event;
 pub mod journal;
 pub mod outbox;
+pub mod redis_outbox;
 pub mod result;
 pub mod signing;
 
@@ -49,6 +50,8 @@ pub struct WebhookConfig {
     pub retry_scale: f64,
     /// This node's name, in every webhook's `data.node`.
     pub node: String,
+    /// Cluster mode: pending webhooks wait in Redis, for any node; `None`: in memory.
+    pub redis: Option<outbox::RedisOutboxConfig>,
 }
 
 /// Hands outcomes to the outbox and runs the deliverer; disabled (does nothing) when no webhook
@@ -73,9 +76,10 @@ struct Inner {
 pub struct Deliveries {
     /// Whether webhooks are configured.
     pub enabled: bool,
-    /// Where the pending ones wait: `memory` (lost on restart).
+    /// Where the pending ones wait: `memory` (lost on restart) or `redis` (cluster mode).
     pub outbox: &'static str,
-    /// Webhooks not delivered yet (waiting or in flight).
+    /// Webhooks not delivered yet (waiting or in flight; in cluster mode every node's, as
+    /// Redis said at most a second ago).
     pub pending: usize,
     /// Age of the oldest pending one, in milliseconds.
     pub oldest_pending_ms: Option<u64>,
@@ -97,7 +101,7 @@ impl Notifier {
     /// # Panics
     ///
     /// Outside a Tokio runtime.
-    pub fn start(config: WebhookConfig) -> Result<Notifier, reqwest::Error> {
+    pub fn start(config: WebhookConfig) -> Result<Notifier, StartError> {
         let client = reqwest::Client::builder()
             // A receiver that redirects is misconfigured: following would send the signed
             // body somewhere the operator did not name.
@@ -105,12 +109,21 @@ impl Notifier {
             .connect_timeout(config.timeout)
             .user_agent(concat!("qrlink/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let outbox = match &config.redis {
+            Some(redis) => Outbox::redis(redis).map_err(StartError::Redis)?,
+            None => Outbox::memory(),
+        };
         // The host only: a URL may carry a credential in its path or query.
         tracing::info!(
             host = config.url.host_str().unwrap_or_default(),
             secrets = config.secrets.len(),
             node = %config.node,
-            "webhooks on; pending ones are kept in memory (lost on restart)"
+            outbox = outbox.name(),
+            "webhooks on; {}",
+            match outbox {
+                Outbox::Memory(_) => "pending ones are kept in memory (lost on restart)",
+                Outbox::Redis(_) => "pending ones are kept in Redis (any node delivers them)",
+            }
         );
         let deliverer = Arc::new(Deliverer {
             url: config.url,
@@ -119,7 +132,7 @@ impl Notifier {
             timeout: config.timeout,
             retry_scale: config.retry_scale,
             concurrency: config.concurrency,
-            outbox: Outbox::memory(),
+            outbox,
             journal: Journal::default(),
             gone: Default::default(),
         });
@@ -184,7 +197,7 @@ impl Notifier {
         let (pending, oldest) = d.outbox.pending();
         Deliveries {
             enabled: true,
-            outbox: "memory",
+            outbox: d.outbox.name(),
             pending,
             oldest_pending_ms: oldest.map(|t| t.elapsed().as_millis() as u64),
             gone: d.gone.load(Ordering::Relaxed),
@@ -222,8 +235,10 @@ impl Notifier {
     }
 
     /// Shutdown: gives pending webhooks until `deadline` to be delivered (attempts in flight
-    /// finish, retries due before it are made), then stops the deliverer. What is still pending
-    /// is lost with this process: logged and counted (`result="lost"`).
+    /// finish; in memory, retries due before it are made), then stops the deliverer. What is
+    /// still pending in memory is lost with this process: logged and counted
+    /// (`result="lost"`). In cluster mode only what never reached Redis is; the rest waits
+    /// there for another node (an attempt cut short is claimed after the claim idle time).
     pub async fn drain(&self, deadline: Instant) {
         let Some(inner) = &self.inner else { return };
         let outbox = &inner.deliverer.outbox;
@@ -239,10 +254,22 @@ impl Notifier {
         if !lost.is_empty() {
             tracing::warn!(
                 lost = lost.len(),
-                "webhooks still pending at shutdown are lost (the outbox is in memory)"
+                outbox = outbox.name(),
+                "webhooks still pending at shutdown are lost (in memory, or never written to Redis)"
             );
         }
     }
+}
+
+/// Why the notifier did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HTTP client could not be built.
+    #[error("webhook HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The Redis URL is not usable.
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// Seconds since the epoch.

@@ -1,13 +1,13 @@
 //! The outbox: webhooks waiting for their next attempt.
 //!
-//! [`Outbox`] is the seam between the deliverer and where pending webhooks live. One backend
-//! today, [`Memory`]: a queue ordered by due time in this process, so a restart loses what is
-//! pending (counted as `lost`, README "Tell your backend"). A Redis Stream with a consumer group
-//! fits behind the same five verbs: `push` is XADD; `take` is XREADGROUP of new entries plus
-//! XAUTOCLAIM of those a dead node left pending; `settle` is XACK, or for a retry an XACK and
-//! the entry in a sorted set by due time that a node moves back to the stream when it is due;
-//! the message's `id` (the `webhook-id`) travels in the entry, so every node retries under the
-//! same id.
+//! [`Outbox`] is the seam between the deliverer and where pending webhooks live:
+//! - [`Memory`] (one process): a queue ordered by due time in this process, so a restart loses
+//!   what is pending (counted as `lost`, README "Tell your backend").
+//! - [`RedisOutbox`] (cluster mode): a Redis Stream with a consumer group. `push` is XADD;
+//!   `take` is XREADGROUP of new entries plus XAUTOCLAIM of those a dead node left pending;
+//!   `settle` is XACK (and XDEL), or for a retry XACK and the entry in a sorted set by due time
+//!   that a node moves back to the stream when it is due. The message's `id` (the
+//!   `webhook-id`) travels in the entry, so every node retries under the same id.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -16,6 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+pub use super::redis_outbox::{RedisOutbox, RedisOutboxConfig};
 
 /// One webhook: its body and the id every attempt carries.
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub enum Settle {
 pub enum Outbox {
     /// In this process's memory.
     Memory(std::sync::Arc<Memory>),
+    /// In Redis, shared by every node (cluster mode).
+    Redis(std::sync::Arc<RedisOutbox>),
 }
 
 impl Outbox {
@@ -56,18 +60,34 @@ impl Outbox {
         Outbox::Memory(Default::default())
     }
 
+    /// The outbox in Redis (cluster mode), its writer started.
+    pub fn redis(config: &RedisOutboxConfig) -> Result<Outbox, String> {
+        RedisOutbox::start(config).map(Outbox::Redis)
+    }
+
+    /// Where pending webhooks wait: `memory` or `redis`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outbox::Memory(_) => "memory",
+            Outbox::Redis(_) => "redis",
+        }
+    }
+
     /// Queues a new webhook, due now.
     pub fn push(&self, msg: Message) {
         match self {
             Outbox::Memory(m) => m.push(Instant::now(), Box::new(msg)),
+            Outbox::Redis(r) => r.push(msg),
         }
     }
 
     /// Waits for the next message that is due and takes it; it counts as pending, in flight,
-    /// until [`Outbox::settle`].
-    pub async fn take(&self) -> Box<Message> {
+    /// until [`Outbox::settle`]. `room`: how many the caller could start now (the Redis
+    /// outbox reads no more than that at once, so none waits here that another node could send).
+    pub async fn take(&self, room: usize) -> Box<Message> {
         match self {
             Outbox::Memory(m) => m.take().await,
+            Outbox::Redis(r) => r.take(room).await,
         }
     }
 
@@ -75,6 +95,7 @@ impl Outbox {
     pub fn settle(&self, id: &str, settle: Settle) {
         match self {
             Outbox::Memory(m) => m.settle(id, settle),
+            Outbox::Redis(r) => r.settle(id, settle),
         }
     }
 
@@ -82,14 +103,17 @@ impl Outbox {
     pub fn clear(&self) -> Vec<Message> {
         match self {
             Outbox::Memory(m) => m.clear(),
+            Outbox::Redis(r) => r.clear(),
         }
     }
 
-    /// Forgets every pending message, waiting or in flight (this process stops delivering),
-    /// and returns their events.
+    /// Forgets every pending message this process holds, waiting or in flight (it stops
+    /// delivering), and returns the events of those lost with it: all of them in memory; in
+    /// Redis only those that never reached it (the rest wait there for another node).
     pub fn drop_all(&self) -> Vec<&'static str> {
         match self {
             Outbox::Memory(m) => m.drop_all(),
+            Outbox::Redis(r) => r.drop_all(),
         }
     }
 
@@ -97,13 +121,17 @@ impl Outbox {
     pub fn pending(&self) -> (usize, Option<Instant>) {
         match self {
             Outbox::Memory(m) => m.pending(),
+            Outbox::Redis(r) => r.pending(),
         }
     }
 
-    /// Resolves once nothing is in flight and nothing waiting is due before `deadline`.
+    /// Resolves once nothing is in flight and nothing waiting is due before `deadline` (in
+    /// memory), or once nothing is in flight and every write reached Redis (in Redis: what
+    /// waits there is for any node, whenever it is due).
     pub async fn settled_before(&self, deadline: Instant) {
         match self {
             Outbox::Memory(m) => m.settled_before(deadline).await,
+            Outbox::Redis(r) => r.settled_before(deadline).await,
         }
     }
 }
@@ -279,15 +307,15 @@ mod tests {
         let outbox = Outbox::memory();
         outbox.push(msg("a"));
         outbox.push(msg("b"));
-        let a = outbox.take().await;
+        let a = outbox.take(1).await;
         assert_eq!(&*a.id, "a");
         assert_eq!(outbox.pending().0, 2, "one waiting, one in flight");
         let later = Instant::now() + Duration::from_secs(5);
         outbox.settle("a", Settle::RetryAt(later, a));
-        assert_eq!(&*outbox.take().await.id, "b");
+        assert_eq!(&*outbox.take(1).await.id, "b");
         outbox.settle("b", Settle::Done);
         let start = Instant::now();
-        let again = outbox.take().await;
+        let again = outbox.take(1).await;
         assert_eq!(&*again.id, "a");
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
         outbox.settle("a", Settle::Done);
@@ -298,7 +326,7 @@ mod tests {
     async fn settled_before_waits_for_what_is_in_flight_or_due_in_time() {
         let outbox = Outbox::memory();
         outbox.push(msg("a"));
-        let a = outbox.take().await;
+        let a = outbox.take(1).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let waiting = tokio::spawn({
             let outbox = outbox.clone();

@@ -30,4 +30,5 @@ mod upstream_http2;
 mod upstream_tls;
 mod watch;
 mod webhooks;
+mod webhooks_cluster;
 mod ws_fragments;

@@ -15,7 +15,7 @@ use qrlink::simulator::{Endpoint, Fault};
 use serde_json::{Value, json};
 use standardwebhooks::Webhook;
 
-const SECRET: &str = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1vbmU=";
+pub(crate) const SECRET: &str = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1vbmU=";
 const OTHER_SECRET: &str = "whsec_dGVzdC13ZWJob29rLXNlY3JldC10d28=";
 const TOKEN_SECRET: &str = "webhook-tests-connect-token-secret";
 
@@ -70,7 +70,7 @@ async fn get_text(url: &str) -> String {
 }
 
 /// Verifies a webhook with the official library and `secret`; returns its body.
-fn verified(secret: &str, r: &Received) -> Value {
+pub(crate) fn verified(secret: &str, r: &Received) -> Value {
     Webhook::new(secret)
         .unwrap()
         .verify(&r.body, &r.headers)
