@@ -296,3 +296,66 @@ async fn a_retry_scheduled_on_one_node_is_made_by_another_when_due() {
         "B made the second attempt, counting A's"
     );
 }
+
+/// The outbox's failed Redis calls so far (`/metrics`; the recorder is the test binary's).
+async fn outbox_errors(gw: &TestGateway) -> u64 {
+    let text = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("qrlink_webhook_outbox_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Polls `check` every 20 ms until it holds, at most [`WAIT`].
+async fn until<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    tokio::time::timeout(WAIT, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test]
+async fn while_redis_is_down_an_outcome_waits_in_the_node_and_is_delivered_once_it_is_back() {
+    let Some(mut redis) = TestRedis::start().await else {
+        return;
+    };
+    let prefix = "qrw4:";
+    let receiver = Receiver::start().await;
+    let a = node(None, &node_args(&redis, prefix, "a", &receiver), &[]).await;
+    let mut c = a.connect("/ws/link/whatsapp").await;
+    let session = c.frame().await.session;
+    let errors_before = outbox_errors(&a).await;
+
+    redis.kill();
+    c.send_json(json!({"type": "cancel"})).await;
+    // The session ends at once: nothing waits on Redis.
+    tokio::time::timeout(Duration::from_secs(5), common::frames_until_close(&mut c))
+        .await
+        .expect("the cancelled session closes while Redis is down");
+    until("the webhook waits in the node", || async {
+        a.state.notifier.deliveries().pending == 1
+    })
+    .await;
+    until("the failed Redis calls are counted", || async {
+        outbox_errors(&a).await > errors_before
+    })
+    .await;
+    assert!(receiver.received().is_empty());
+
+    // An empty Redis comes back (the stream and its group are gone): the webhook reaches it
+    // and is delivered.
+    redis.restart().await;
+    let got = receiver.wait_for(1).await;
+    let body = verified(SECRET, &got[0]);
+    assert_eq!(body["data"]["session"], session.as_str());
+    wait_until_nothing_held(&redis, prefix).await;
+    assert_eq!(receiver.received().len(), 1);
+}

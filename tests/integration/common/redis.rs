@@ -36,29 +36,33 @@ impl TestRedis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new(server)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
+        let child = spawn(&server, port);
         let redis = TestRedis { child, port };
+        redis.wait_for_ping().await;
+        Some(redis)
+    }
+
+    /// Kills the server (an outage: everything it held is gone, as without persistence).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts an empty server again on the same port, after [`TestRedis::kill`].
+    pub async fn restart(&mut self) {
+        let server = find_in_path("redis-server").expect("redis-server was found before");
+        self.child = spawn(&server, self.port);
+        self.wait_for_ping().await;
+    }
+
+    async fn wait_for_ping(&self) {
         tokio::time::timeout(WAIT, async {
-            while redis.ping().await.is_none() {
+            while self.ping().await.is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await
         .expect("redis-server answers PING");
-        Some(redis)
     }
 
     pub fn url(&self) -> String {
@@ -109,6 +113,24 @@ impl TestRedis {
             .await
             .unwrap()
     }
+}
+
+/// redis-server on `port` of 127.0.0.1, without persistence.
+fn spawn(server: &std::path::Path, port: u16) -> Child {
+    Command::new(server)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts")
 }
 
 impl Drop for TestRedis {
