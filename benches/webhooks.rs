@@ -5,6 +5,10 @@
 //! - memory per pending delivery beyond its body: 100,000 outcomes queued behind a receiver
 //!   that never answers (one attempt in flight), heap counted by a counting allocator.
 //!
+//! With `redis-server` on the PATH, the latencies again with the cluster mode's outbox (a Redis
+//! Stream, src/notify/redis_outbox.rs) on a redis-server the bench starts on a free port, and
+//! the Redis memory per pending webhook (`used_memory`, 10,000 pending).
+//!
 //! `cargo bench --bench webhooks` (benches/README.md, "Webhooks").
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -18,6 +22,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use qrlink::link::protocol::{QrFrame, ServerFrame};
+use qrlink::notify::outbox::RedisOutboxConfig;
 use qrlink::notify::signing::Secrets;
 use qrlink::notify::{Ending, Kind, Notes, Notifier, WebhookConfig};
 use tokio::sync::mpsc;
@@ -58,10 +63,78 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        latency("paced 500/s", 1000, Duration::from_millis(2)).await;
-        latency("burst", 1000, Duration::ZERO).await;
+        latency("paced 500/s", 1000, Duration::from_millis(2), None).await;
+        latency("burst", 1000, Duration::ZERO, None).await;
         memory(100_000).await;
+        let Some(redis) = RedisServer::start() else {
+            println!("no redis-server on the PATH: the Redis outbox is not measured");
+            return;
+        };
+        let outbox = |prefix: &str| RedisOutboxConfig {
+            url: redis.url(),
+            prefix: prefix.to_owned(),
+            node: "bench-node".into(),
+            claim_idle: Duration::from_secs(20),
+        };
+        latency(
+            "paced 500/s, Redis outbox",
+            1000,
+            Duration::from_millis(2),
+            Some(outbox("b1:")),
+        )
+        .await;
+        latency(
+            "burst, Redis outbox",
+            1000,
+            Duration::ZERO,
+            Some(outbox("b2:")),
+        )
+        .await;
+        redis_memory(&redis, outbox("b3:"), 10_000).await;
     });
+}
+
+/// A redis-server on a free loopback port, no persistence; killed when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A session's notes as a scanned WhatsApp attempt leaves them.
@@ -101,7 +174,7 @@ fn ending<'a>(session: &'a str, notes: &'a Notes) -> Ending<'a> {
     }
 }
 
-async fn notifier(url: String, concurrency: usize) -> Notifier {
+async fn notifier(url: String, concurrency: usize, redis: Option<RedisOutboxConfig>) -> Notifier {
     Notifier::start(WebhookConfig {
         url: url.parse().unwrap(),
         secrets: Secrets::parse(SECRET).unwrap(),
@@ -109,7 +182,7 @@ async fn notifier(url: String, concurrency: usize) -> Notifier {
         concurrency,
         retry_scale: 1.0,
         node: "bench-node".into(),
-        redis: None,
+        redis,
     })
     .unwrap()
 }
@@ -133,9 +206,9 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, Instant)>) {
     (url, rx)
 }
 
-async fn latency(label: &str, n: usize, every: Duration) {
+async fn latency(label: &str, n: usize, every: Duration, redis: Option<RedisOutboxConfig>) {
     let (url, mut arrivals) = receiver().await;
-    let notifier = notifier(url, 32).await;
+    let notifier = notifier(url, 32, redis).await;
     let notes = notes();
     let sessions: Vec<String> = (0..n).map(session).collect();
     let mut sent = HashMap::with_capacity(n);
@@ -166,9 +239,9 @@ async fn latency(label: &str, n: usize, every: Duration) {
     notifier.drain(Instant::now()).await;
 }
 
-async fn memory(n: usize) {
-    // A receiver that reads the request and never answers: the first attempt waits (15 s
-    // timeout), everything else stays pending.
+/// A receiver that reads the request and never answers: the first attempt waits (15 s
+/// timeout), everything else stays pending. Its URL, and a signal per request.
+async fn hanging_receiver() -> (String, Arc<tokio::sync::Notify>) {
     let arrived = Arc::new(tokio::sync::Notify::new());
     let app = Router::new().fallback({
         let arrived = arrived.clone();
@@ -180,7 +253,12 @@ async fn memory(n: usize) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hooks", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let notifier = notifier(url, 1).await;
+    (url, arrived)
+}
+
+async fn memory(n: usize) {
+    let (url, arrived) = hanging_receiver().await;
+    let notifier = notifier(url, 1, None).await;
     let notes = notes();
     let sessions: Vec<String> = (0..n).map(session).collect();
     let body_len = ending(&sessions[0], &notes)
@@ -205,4 +283,65 @@ async fn memory(n: usize) {
         per - body_len as f64
     );
     let _keep = Arc::new(notifier);
+}
+
+/// Redis's `used_memory` per pending webhook: `n` outcomes queued behind a receiver that never
+/// answers (one attempt in flight), once every write has reached Redis.
+async fn redis_memory(redis: &RedisServer, outbox: RedisOutboxConfig, n: usize) {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pending_key = format!("{}{{webhooks}}:pending", outbox.prefix);
+    let (url, arrived) = hanging_receiver().await;
+    let notifier = notifier(url, 1, Some(outbox)).await;
+    let notes = notes();
+    let sessions: Vec<String> = (0..n).map(session).collect();
+    let body_len = ending(&sessions[0], &notes)
+        .body("bench-node", SystemTime::now())
+        .len();
+    notifier.ended(ending(&sessions[0], &notes));
+    arrived.notified().await;
+    let before = used_memory(&mut conn).await;
+    for s in &sessions[1..] {
+        notifier.ended(ending(s, &notes));
+    }
+    // Every webhook written (the pending set counts what reached Redis).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let in_redis: usize = redis::cmd("ZCARD")
+            .arg(&pending_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if in_redis == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {in_redis} of {n} reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = used_memory(&mut conn).await;
+    let per = (after - before) as f64 / (n - 1) as f64;
+    println!(
+        "Redis memory per pending webhook, {} queued: {per:.0} bytes in all, body {body_len} bytes, \
+         {:.0} bytes beyond the body",
+        n - 1,
+        per - body_len as f64
+    );
+}
+
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO memory has used_memory")
 }

@@ -19,12 +19,13 @@
 //! | `qrlink_resume_expiries_total` | | detached sessions whose grace passed (outcome `disconnected`) |
 //! | `qrlink_resume_refused_total` | reason | resumes refused: `expired`, `wrong_provider`, `busy` |
 //! | `qrlink_watchers` | | connected `/ws/watch` sockets |
-//! | `qrlink_webhook_deliveries_total` | event, result | webhooks done with: `delivered`, `failed` (no retry left), `gone` (the receiver said 410), `lost` (pending when the process stopped: the outbox is in memory) |
+//! | `qrlink_webhook_deliveries_total` | event, result | webhooks done with: `delivered`, `failed` (no retry left), `gone` (the receiver said 410), `lost` (pending when the process stopped: in memory, or never written to Redis in cluster mode) |
 //! | `qrlink_webhook_attempts_total` | result | POSTs: `delivered`, `gone`, `http_4xx`, `http_5xx`, `http_other`, `timeout`, `connect`, `transport` |
 //! | `qrlink_webhook_attempt_seconds` | | one attempt, answer included |
 //! | `qrlink_webhook_delivery_seconds` | | outcome → delivered (2xx), retries included |
-//! | `qrlink_webhook_pending` | | webhooks not delivered yet (waiting or in flight), read at render time |
+//! | `qrlink_webhook_pending` | | webhooks not delivered yet (waiting or in flight; in cluster mode every node's, as Redis said at most a second ago), read at render time |
 //! | `qrlink_webhook_oldest_pending_seconds` | | age of the oldest pending webhook, read at render time |
+//! | `qrlink_webhook_outbox_errors_total` | op | cluster mode: Redis calls of the webhook outbox that failed, `write` (new webhooks then wait in the node) or `take` |
 //! | `qrlink_limits_tracked_addresses` | | client addresses (IPv4, IPv6 /64) the admission limits track, at most `store::limits::MAX_TRACKED` |
 //! | `qrlink_runtime_tasks_alive` | | tokio tasks alive in the runtime serving `/metrics`, read at render time |
 //! | `qrlink_process_open_fds` | | open file descriptors of the process (`/proc/self/fd`, Linux only), read at render time |

@@ -27,7 +27,8 @@ pub enum Status {
     Failed,
     /// The receiver answered 410 (to this one or an earlier one): not sent.
     Gone,
-    /// Still pending when the gateway stopped (the in-memory outbox does not outlive it).
+    /// Still pending when the gateway stopped: in the in-memory outbox, or (cluster mode) never
+    /// written to Redis, which was unreachable.
     Lost,
 }
 
