@@ -257,32 +257,61 @@ async fn hanging_receiver() -> (String, Arc<tokio::sync::Notify>) {
 }
 
 async fn memory(n: usize) {
-    let (url, arrived) = hanging_receiver().await;
-    let notifier = notifier(url, 1, None).await;
-    let notes = notes();
-    let sessions: Vec<String> = (0..n).map(session).collect();
-    let body_len = ending(&sessions[0], &notes)
-        .body("bench-node", SystemTime::now())
-        .len();
-    // One delivery first, so the client's connection and the in-flight attempt are counted
-    // in the baseline, not per pending delivery.
-    notifier.ended(ending(&sessions[0], &notes));
-    arrived.notified().await;
+    let (notifier, rest) = stalled(n, None).await;
     let before = LIVE.load(Ordering::Relaxed);
-    for s in &sessions[1..] {
-        notifier.ended(ending(s, &notes));
-    }
+    rest.queue(&notifier);
     let after = LIVE.load(Ordering::Relaxed);
     let pending = notifier.deliveries().pending;
     assert_eq!(pending, n, "all pending");
-    let per = (after - before) as f64 / (n - 1) as f64;
-    println!(
-        "memory per pending delivery, {} queued: {per:.0} bytes in all, body {body_len} bytes, \
-         {:.0} bytes beyond the body",
-        n - 1,
-        per - body_len as f64
-    );
+    rest.report("memory per pending delivery", after - before);
     let _keep = Arc::new(notifier);
+}
+
+/// The outcomes queued behind a stalled first delivery.
+struct Rest {
+    sessions: Vec<String>,
+    notes: Notes,
+    body_len: usize,
+}
+
+impl Rest {
+    fn queue(&self, notifier: &Notifier) {
+        for s in &self.sessions {
+            notifier.ended(ending(s, &self.notes));
+        }
+    }
+
+    fn report(&self, label: &str, grew: isize) {
+        let per = grew as f64 / self.sessions.len() as f64;
+        println!(
+            "{label}, {} queued: {per:.0} bytes in all, body {} bytes, {:.0} bytes beyond the body",
+            self.sessions.len(),
+            self.body_len,
+            per - self.body_len as f64
+        );
+    }
+}
+
+/// A notifier whose first of `n` deliveries hangs at a receiver that never answers (so the
+/// client's connection and the attempt in flight are in a baseline taken now), and the other
+/// `n - 1` outcomes, to queue behind it.
+async fn stalled(n: usize, redis: Option<RedisOutboxConfig>) -> (Notifier, Rest) {
+    let (url, arrived) = hanging_receiver().await;
+    let notifier = notifier(url, 1, redis).await;
+    let notes = notes();
+    let mut sessions: Vec<String> = (0..n).map(session).collect();
+    let body_len = ending(&sessions[0], &notes)
+        .body("bench-node", SystemTime::now())
+        .len();
+    notifier.ended(ending(&sessions[0], &notes));
+    arrived.notified().await;
+    sessions.remove(0);
+    let rest = Rest {
+        sessions,
+        notes,
+        body_len,
+    };
+    (notifier, rest)
 }
 
 /// Redis's `used_memory` per pending webhook: `n` outcomes queued behind a receiver that never
@@ -294,19 +323,9 @@ async fn redis_memory(redis: &RedisServer, outbox: RedisOutboxConfig, n: usize) 
         .await
         .unwrap();
     let pending_key = format!("{}{{webhooks}}:pending", outbox.prefix);
-    let (url, arrived) = hanging_receiver().await;
-    let notifier = notifier(url, 1, Some(outbox)).await;
-    let notes = notes();
-    let sessions: Vec<String> = (0..n).map(session).collect();
-    let body_len = ending(&sessions[0], &notes)
-        .body("bench-node", SystemTime::now())
-        .len();
-    notifier.ended(ending(&sessions[0], &notes));
-    arrived.notified().await;
+    let (notifier, rest) = stalled(n, Some(outbox)).await;
     let before = used_memory(&mut conn).await;
-    for s in &sessions[1..] {
-        notifier.ended(ending(s, &notes));
-    }
+    rest.queue(&notifier);
     // Every webhook written (the pending set counts what reached Redis).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -325,12 +344,9 @@ async fn redis_memory(redis: &RedisServer, outbox: RedisOutboxConfig, n: usize) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = used_memory(&mut conn).await;
-    let per = (after - before) as f64 / (n - 1) as f64;
-    println!(
-        "Redis memory per pending webhook, {} queued: {per:.0} bytes in all, body {body_len} bytes, \
-         {:.0} bytes beyond the body",
-        n - 1,
-        per - body_len as f64
+    rest.report(
+        "Redis memory per pending webhook",
+        (after - before) as isize,
     );
 }
 

@@ -58,6 +58,14 @@ pub enum Kind<'a> {
     },
 }
 
+/// Every event `type` ([`Kind::event_type`]).
+pub const TYPES: [&str; 4] = [
+    "link.succeeded",
+    "link.failed",
+    "link.expired",
+    "link.abandoned",
+];
+
 impl Kind<'_> {
     /// The event `type`.
     pub fn event_type(self) -> &'static str {
@@ -212,6 +220,20 @@ mod tests {
             assert_eq!(body["timestamp"], "1970-01-01T00:00:00.000Z");
             assert_eq!(body["data"], data, "{ty}");
         }
+    }
+
+    #[test]
+    fn types_lists_every_kinds_event_type() {
+        let kinds = [
+            Kind::Succeeded,
+            Kind::Failed { code: "x" },
+            Kind::Expired,
+            Kind::Abandoned {
+                reason: "cancelled",
+            },
+        ];
+        let types: Vec<&str> = kinds.into_iter().map(Kind::event_type).collect();
+        assert_eq!(types, TYPES);
     }
 
     #[test]

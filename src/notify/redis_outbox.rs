@@ -113,6 +113,8 @@ struct Reader {
     /// Entries read and not handed out yet (at most the room the deliverer had).
     buffer: VecDeque<Box<Message>>,
     next_claim: Instant,
+    /// Where the claim scan goes on (`0-0`: from the start, at the next scan).
+    claim_cursor: String,
     failing: bool,
 }
 
@@ -136,6 +138,8 @@ pub struct RedisOutbox {
     stats: Mutex<(usize, Option<u64>)>,
     /// Stops the writer: this process delivers no more.
     stop: CancellationToken,
+    /// Shutting down: take nothing new from the stream (other nodes will), finish what is here.
+    draining: AtomicBool,
     writer_failing: AtomicBool,
 }
 
@@ -167,14 +171,7 @@ fn instant_of(ms: u64) -> Instant {
 
 /// The `&'static str` of a known event type (the journal and metrics keep them static).
 fn event_of(name: &str) -> Option<&'static str> {
-    [
-        "link.succeeded",
-        "link.failed",
-        "link.expired",
-        "link.abandoned",
-    ]
-    .into_iter()
-    .find(|e| *e == name)
+    super::event::TYPES.into_iter().find(|e| *e == name)
 }
 
 fn why(e: &redis::RedisError) -> String {
@@ -208,10 +205,12 @@ impl RedisOutbox {
                 conn: None,
                 buffer: VecDeque::new(),
                 next_claim: Instant::now(),
+                claim_cursor: "0-0".to_owned(),
                 failing: false,
             }),
             stats: Mutex::default(),
             stop: CancellationToken::new(),
+            draining: AtomicBool::new(false),
             writer_failing: AtomicBool::new(false),
         });
         tokio::spawn(outbox.clone().writer());
@@ -253,7 +252,8 @@ impl RedisOutbox {
 
     /// Queues a new webhook (into Redis as soon as it answers).
     pub fn push(&self, msg: Message) {
-        let queued_ms = unix_ms(SystemTime::now()) - msg.queued.elapsed().as_millis() as u64;
+        let queued_ms =
+            unix_ms(SystemTime::now()).saturating_sub(msg.queued.elapsed().as_millis() as u64);
         let wire = wire_of(&msg, queued_ms);
         self.queue(Op::Push {
             wire,
@@ -271,6 +271,10 @@ impl RedisOutbox {
         loop {
             if let Some(msg) = reader.buffer.pop_front() {
                 return msg;
+            }
+            if self.draining.load(Ordering::Relaxed) {
+                // What is new is for the nodes that stay.
+                return std::future::pending().await;
             }
             let conn = match reader.conn.clone() {
                 Some(c) => c,
@@ -343,12 +347,18 @@ impl RedisOutbox {
                 .arg(GROUP)
                 .arg(&self.node)
                 .arg(self.claim_idle.as_millis() as u64)
-                .arg("0-0")
+                .arg(&reader.claim_cursor)
                 .arg("COUNT")
                 .arg(room)
                 .query_async(&mut conn)
                 .await?;
-            reader.next_claim = Instant::now() + claim_every(self.claim_idle);
+            // A scan looks at a bounded part of the pending entries: go on from where it
+            // stopped at once, start again from the beginning a while later.
+            reader.next_claim = match claimed.next_stream_id.as_str() {
+                "0-0" => Instant::now() + claim_every(self.claim_idle),
+                _ => Instant::now(),
+            };
+            reader.claim_cursor = claimed.next_stream_id;
             if !claimed.claimed.is_empty() {
                 tracing::info!(
                     claimed = claimed.claimed.len(),
@@ -492,7 +502,9 @@ impl RedisOutbox {
 
     /// Resolves once nothing is in flight here and every write has reached Redis: what is
     /// left is Redis's, for any node (retries due later included).
+    /// From now on nothing new is taken (this node is shutting down).
     pub async fn settled_before(&self, _deadline: Instant) {
+        self.draining.store(true, Ordering::Relaxed);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -541,7 +553,11 @@ impl RedisOutbox {
             };
             match written {
                 Ok(()) => {
-                    lock(&self.writes).drain(..n);
+                    // `drop_all` may have taken them meanwhile.
+                    let mut writes = lock(&self.writes);
+                    let written = n.min(writes.len());
+                    writes.drain(..written);
+                    drop(writes);
                     if self.writer_failing.swap(false, Ordering::Relaxed) {
                         tracing::info!("Redis takes webhooks again; those kept here are in it");
                     }
