@@ -108,7 +108,7 @@ impl Gateway {
         // `Config::check` has refused bad webhook settings already.
         let notifier = match config.webhook() {
             Ok(Some(webhook)) => Notifier::start(webhook).map_err(|e| match e {
-                StartError::Client(e) => upstream::BuildError::Http(e),
+                StartError::Client(e) => upstream::BuildError::Webhook(e),
                 StartError::Redis(e) => upstream::BuildError::Cluster(e),
             })?,
             _ => Notifier::disabled(),
