@@ -723,22 +723,30 @@ impl Cluster {
         node == self.node || conn.exists(self.node_key(node)).await.unwrap_or(false)
     }
 
-    /// Pops this node's commands and acts on them.
-    async fn commands(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
-        let key = self.command_key(&self.node);
-        // Its own connection: a blocking pop would hold up the shared one.
+    /// A connection of its own for a loop that blocks on Redis (a pop, a stream read), with a
+    /// response timeout above the block; `None` once the node shuts down.
+    async fn blocking_conn(&self, shutdown: &CancellationToken) -> Option<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_max_delay(Duration::from_secs(1));
-        let mut conn = loop {
+        loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return None,
                 c = ConnectionManager::new_with_config(self.client.clone(), config.clone()) => match c {
-                    Ok(c) => break c,
+                    Ok(c) => return Some(c),
                     Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 },
             }
+        }
+    }
+
+    /// Pops this node's commands and acts on them.
+    async fn commands(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
+        let key = self.command_key(&self.node);
+        // Its own connection: a blocking pop would hold up the shared one.
+        let Some(mut conn) = self.blocking_conn(&shutdown).await else {
+            return;
         };
         loop {
             let popped: redis::RedisResult<Option<(String, String)>> = tokio::select! {
@@ -807,18 +815,8 @@ impl Cluster {
     /// outage loses none of them), for this node's watchers.
     async fn events(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
         let key = self.events_key();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
-            .set_max_delay(Duration::from_secs(1));
-        let mut conn = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                c = ConnectionManager::new_with_config(self.client.clone(), config.clone()) => match c {
-                    Ok(c) => break c,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                },
-            }
+        let Some(mut conn) = self.blocking_conn(&shutdown).await else {
+            return;
         };
         // From now on (a watcher's snapshot covers what came before). Not `$`: that would skip
         // what arrives between two reads.

@@ -80,6 +80,26 @@ fn intents_started(gw: &TestGateway) -> usize {
         .count()
 }
 
+/// Once `gw` polls each session's intent again, scans it: each of `clients` (resumed from
+/// `firsts`, in order) then ends with the account.
+async fn scan_each_once_polled(gw: &TestGateway, firsts: &[Envelope], clients: &mut [WsClient]) {
+    for (first, client) in firsts.iter().zip(clients) {
+        let intent = intent_of(first);
+        tokio::time::timeout(
+            WAIT,
+            gw.sim().wait_for_polls(|polls| {
+                polls
+                    .iter()
+                    .any(|p| p.intent_id == intent && p.outcome == PollOutcome::Pending)
+            }),
+        )
+        .await
+        .expect("the intent is polled again");
+        gw.sim().scan(&intent).unwrap();
+        common::ends_with_the_account(client).await;
+    }
+}
+
 async fn wait_detached(
     gw: &TestGateway,
     events: &mut tokio::sync::broadcast::Receiver<WatchEvent>,
@@ -275,21 +295,7 @@ async fn a_node_that_shuts_down_closes_its_sockets_1012_and_another_node_resumes
         assert_eq!((replay.seq, &replay.frame), (first.seq, &first.frame));
         resumed.push(client);
     }
-    for (first, client) in firsts.iter().zip(&mut resumed) {
-        let intent = intent_of(first);
-        tokio::time::timeout(
-            WAIT,
-            b.sim().wait_for_polls(|polls| {
-                polls
-                    .iter()
-                    .any(|p| p.intent_id == intent && p.outcome == PollOutcome::Pending)
-            }),
-        )
-        .await
-        .expect("B polls the intent");
-        b.sim().scan(&intent).unwrap();
-        common::ends_with_the_account(client).await;
-    }
+    scan_each_once_polled(&b, &firsts, &mut resumed).await;
     assert_eq!(intents_started(&b), N, "{N} intents, not {}", 2 * N);
     b.wait_for_no_sessions().await;
 }
@@ -352,21 +358,7 @@ async fn when_a_node_is_killed_every_session_resumes_on_another_within_the_heart
         took <= Duration::from_secs(5),
         "{N} sessions resumed {took:?} after the kill (heartbeat 3 s + 2 s)"
     );
-    for (first, client) in firsts.iter().zip(&mut resumed) {
-        let intent = intent_of(first);
-        tokio::time::timeout(
-            WAIT,
-            b.sim().wait_for_polls(|polls| {
-                polls
-                    .iter()
-                    .any(|p| p.intent_id == intent && p.outcome == PollOutcome::Pending)
-            }),
-        )
-        .await
-        .expect("B polls the intent");
-        b.sim().scan(&intent).unwrap();
-        common::ends_with_the_account(client).await;
-    }
+    scan_each_once_polled(&b, &firsts, &mut resumed).await;
     assert_eq!(intents_started(&b), N);
     b.wait_for_no_sessions().await;
 }
