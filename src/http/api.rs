@@ -89,6 +89,13 @@ pub async fn cancel_session(
     }
 }
 
+/// `GET /api/stats`: the dashboard's totals and charts: every node's sessions ended by
+/// outcome since it started, open now, open sessions over the last 15 minutes and time to scan,
+/// and their sums (`store::stats`).
+pub async fn stats(State(state): State<Arc<AppState>>) -> Json<crate::store::stats::ClusterStats> {
+    Json(state.store.stats(&state.config.node_id()).await)
+}
+
 /// `GET /readyz`: 503 once shutdown has begun.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::SeqCst) {

@@ -39,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/sessions/{id}", delete(api::cancel_session))
         .route("/api/providers", get(api::list_providers))
         .route("/api/deliveries", get(api::list_deliveries))
+        .route("/api/stats", get(api::stats))
         .route(
             "/metrics",
             get(|State(state): State<Arc<AppState>>| async move {

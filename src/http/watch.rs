@@ -129,8 +129,13 @@ fn render(ev: &WatchEvent, filter: Option<&str>, with_qr: bool) -> Option<Value>
             provider,
             client,
             at,
+            node,
         } => {
-            json!({"type": "opened", "session": session, "provider": provider, "client": client, "at": at})
+            let mut v = json!({"type": "opened", "session": session, "provider": provider, "client": client, "at": at});
+            if let Some(node) = node {
+                v["node"] = json!(node);
+            }
+            v
         }
         WatchEvent::Detached { session, at } => {
             json!({"type": "detached", "session": session, "at": at})

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::memory::Memory;
+use super::stats::NodeStats;
 use super::{Denied, Outcome, Phase, SessionInfo, WatchEvent};
 use crate::link::protocol::{Envelope, ServerFrame};
 use crate::link::{Cursor, LinkRequest, QrFormats, Resume};
@@ -58,6 +59,10 @@ const DOWN: u8 = 2;
 /// Watch events the stream keeps (about: `MAXLEN ~`); a node that was away longer than these
 /// take to fill misses the oldest, and its watchers are told (`lagged`).
 const EVENTS_KEPT: usize = 10_000;
+
+/// The `{prefix}stats` hash (a field per node, written with each heartbeat) lives this long
+/// after the last node's last write.
+const STATS_TTL: Duration = Duration::from_secs(10);
 
 /// What a node needs to join the cluster.
 #[derive(Debug, Clone)]
@@ -161,6 +166,9 @@ enum WireEvent {
         provider: String,
         client: String,
         at: String,
+        /// Absent from the events of a node of an older version (a rolling deploy).
+        #[serde(default)]
+        node: Option<String>,
     },
     Frame {
         envelope: Envelope,
@@ -189,11 +197,13 @@ impl WireEvent {
                 provider,
                 client,
                 at,
+                node,
             } => WireEvent::Opened {
                 session,
                 provider,
                 client,
                 at,
+                node,
             },
             WatchEvent::Frame(env) => {
                 let mut envelope = (*env).clone();
@@ -228,11 +238,13 @@ impl WireEvent {
                 provider,
                 client,
                 at,
+                node,
             } => WatchEvent::Opened {
                 session,
                 provider,
                 client,
                 at,
+                node,
             },
             WireEvent::Frame { envelope } => WatchEvent::Frame(Arc::new(envelope)),
             WireEvent::Detached { session, at } => WatchEvent::Detached { session, at },
@@ -471,7 +483,7 @@ impl Cluster {
         if let Some(rx) = rx {
             tokio::spawn(self.clone().writer(rx));
         }
-        tracker.spawn(self.clone().heartbeat(shutdown.clone()));
+        tracker.spawn(self.clone().heartbeat(memory.clone(), shutdown.clone()));
         tracker.spawn(self.clone().events(memory.clone(), shutdown.clone()));
         tracker.spawn(self.clone().commands(memory, shutdown));
     }
@@ -486,6 +498,10 @@ impl Cluster {
 
     fn events_key(&self) -> String {
         format!("{}events", self.prefix)
+    }
+
+    fn stats_key(&self) -> String {
+        format!("{}stats", self.prefix)
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -641,7 +657,9 @@ impl Cluster {
         }
     }
 
-    async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Renews the node's heartbeat every [`HEARTBEAT_EVERY`], with its dashboard stats
+    /// written first (so that a node seen alive has its stats in Redis).
+    async fn heartbeat(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
         let key = self.node_key(&self.node);
         // Announced on the stream (it also makes the stream exist from the start, so the keys
         // under the prefix are the same before and after sessions come and go).
@@ -657,15 +675,23 @@ impl Cluster {
                     // than asking a node that no longer answers.
                     if let Some(mut conn) = self.conn().await {
                         let _: redis::RedisResult<()> = conn.del(&key).await;
+                        let _: redis::RedisResult<()> = conn.hdel(self.stats_key(), &self.node).await;
                     }
                     break;
                 }
                 _ = tick.tick() => {}
             }
             if let Some(mut conn) = self.conn().await {
-                let set: redis::RedisResult<()> = conn
-                    .pset_ex(&key, 1, HEARTBEAT_TTL.as_millis() as u64)
-                    .await;
+                let mut pipe = redis::pipe();
+                if let Some(memory) = memory.upgrade() {
+                    let stats = serde_json::to_string(&memory.stats()).unwrap_or_default();
+                    pipe.hset(self.stats_key(), &self.node, stats).ignore();
+                    pipe.pexpire(self.stats_key(), STATS_TTL.as_millis() as i64)
+                        .ignore();
+                }
+                pipe.pset_ex(&key, 1, HEARTBEAT_TTL.as_millis() as u64)
+                    .ignore();
+                let set: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
                 self.set_up(set.is_ok());
                 if let Err(e) = set {
                     metrics::counter!("qrlink_redis_errors_total", "op" => "heartbeat")
@@ -1098,6 +1124,33 @@ impl Cluster {
         // Its node is dead: nobody else will end it.
         self.ended(id);
         true
+    }
+
+    /// The dashboard stats of every other node that is alive (`None` when Redis does not
+    /// answer); the fields of dead nodes are taken out of the hash.
+    pub(super) async fn stats(&self) -> Option<Vec<NodeStats>> {
+        let mut conn = self.conn().await?;
+        let all: HashMap<String, String> = conn.hgetall(self.stats_key()).await.ok()?;
+        let others: Vec<(String, String)> =
+            all.into_iter().filter(|(n, _)| *n != self.node).collect();
+        let mut pipe = redis::pipe();
+        for (node, _) in &others {
+            pipe.exists(self.node_key(node));
+        }
+        let alive: Vec<bool> = pipe.query_async(&mut conn).await.ok()?;
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        for ((node, body), alive) in others.into_iter().zip(alive) {
+            match serde_json::from_str::<NodeStats>(&body) {
+                Ok(stats) if alive => out.push(stats),
+                _ if alive => {}
+                _ => dead.push(node),
+            }
+        }
+        if !dead.is_empty() {
+            let _: redis::RedisResult<()> = conn.hdel(self.stats_key(), dead).await;
+        }
+        Some(out)
     }
 
     /// Every node's open sessions, oldest first.

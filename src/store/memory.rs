@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::cluster::{Adopted, ClaimError, Cluster, WireLast};
 use super::limits::Limits;
+use super::stats::{NodeStats, Stats};
 use super::{
     Outcome, Phase, ResumeRefused, Resumed, SessionInfo, StoreConfig, WATCH_BUFFER, WatchEvent,
 };
@@ -65,6 +66,8 @@ pub struct Memory {
     pub(super) cluster: Option<Arc<Cluster>>,
     /// Told of every ending (webhooks).
     notifier: Notifier,
+    /// This node's numbers for the dashboard.
+    pub(super) stats: Stats,
 }
 
 /// One link attempt, attached to a socket or detached.
@@ -187,6 +190,7 @@ impl Memory {
             shutdown,
             cluster,
             notifier: config.notifier,
+            stats: Stats::new(),
         }
     }
 
@@ -216,6 +220,17 @@ impl Memory {
 
     pub(super) fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// This node's dashboard stats as of now (named after its cluster node, or `node`).
+    pub(super) fn stats_named(&self, node: &str) -> NodeStats {
+        let name = self.cluster.as_ref().map_or(node, |c| c.node());
+        self.stats.read(name, self.len() as u64)
+    }
+
+    /// This node's dashboard stats as other nodes see them (cluster mode).
+    pub(super) fn stats(&self) -> NodeStats {
+        self.stats_named("")
     }
 
     pub(super) fn detached(&self) -> usize {
@@ -279,6 +294,7 @@ impl Memory {
             provider: session.provider.clone(),
             client: session.client.ip().to_string(),
             at: rfc3339(session.started_at),
+            node: store.cluster.as_ref().map(|c| c.node().to_owned()),
         });
         Attachment {
             store: store.clone(),
@@ -607,6 +623,7 @@ impl Memory {
         // A resume waiting on this session finds it ended.
         session.changed.notify_waiters();
         let duration = session.started.elapsed();
+        self.stats.ended(outcome, duration);
         let request = session.lock().request.clone();
         super::tell_outbox(&self.notifier, outcome, code.as_deref(), |kind| Ending {
             session: &session.id,

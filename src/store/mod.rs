@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod limits;
 pub mod memory;
+pub mod stats;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -104,6 +105,29 @@ pub fn tell_outbox<'a>(
     notifier.ended(ending(kind));
 }
 
+/// Samples this node's open sessions for the dashboard's chart on every slot of
+/// [`stats::SAMPLE_EVERY`] until shutdown (or the store is gone).
+async fn sample_open_sessions(
+    memory: std::sync::Weak<memory::Memory>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let wait = stats::until_next_sample(std::time::SystemTime::now());
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let Some(memory) = memory.upgrade() else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        memory.stats.sample(now, memory.len() as u64);
+    }
+}
+
 /// What watchers (`/ws/watch`) receive, besides the snapshot.
 #[derive(Debug, Clone)]
 pub enum WatchEvent {
@@ -117,6 +141,8 @@ pub enum WatchEvent {
         client: String,
         /// RFC 3339 start time.
         at: String,
+        /// The node the session opened on (cluster mode).
+        node: Option<String>,
     },
     /// A frame as sent to the session's browser, without its resume token (QR content is
     /// stripped per watcher).
@@ -278,6 +304,10 @@ impl Store {
             shutdown.clone(),
             cluster.clone(),
         ));
+        tracker.spawn(sample_open_sessions(
+            Arc::downgrade(&memory),
+            shutdown.clone(),
+        ));
         if let Some(cluster) = &cluster {
             cluster.start(Arc::downgrade(&memory), &tracker, shutdown);
         }
@@ -422,6 +452,24 @@ impl Store {
     /// Watchers connected.
     pub fn watchers(&self) -> usize {
         self.memory_backend().events.receiver_count()
+    }
+
+    /// The dashboard's numbers (`GET /api/stats`): this node's (named `node` in memory mode),
+    /// and in cluster mode every live node's, with their sums.
+    pub async fn stats(&self, node: &str) -> stats::ClusterStats {
+        let memory = self.memory_backend();
+        let own = memory.stats_named(node);
+        let name = own.node.clone();
+        match &memory.cluster {
+            None => stats::ClusterStats::of(&name, false, true, vec![own]),
+            Some(cluster) => {
+                let others = cluster.stats().await;
+                let complete = others.is_some();
+                let mut all = others.unwrap_or_default();
+                all.push(own);
+                stats::ClusterStats::of(&name, true, complete, all)
+            }
+        }
     }
 
     /// Addresses the admission limits track (for tests and metrics).

@@ -14,7 +14,7 @@ use crate::common::{self, Next, TestGateway, WAIT, WsClient};
 
 /// Gateway nodes named `names`, sharing `redis` under a prefix of their own and one simulator;
 /// QRs that outlive the test, a grace long enough for every resume.
-async fn nodes(redis: &TestRedis, prefix: &str, names: &[&str]) -> Vec<TestGateway> {
+pub(crate) async fn nodes(redis: &TestRedis, prefix: &str, names: &[&str]) -> Vec<TestGateway> {
     let url = redis.url();
     let mut nodes: Vec<TestGateway> = Vec::new();
     for name in names {
@@ -47,7 +47,7 @@ async fn nodes(redis: &TestRedis, prefix: &str, names: &[&str]) -> Vec<TestGatew
     nodes
 }
 
-async fn two_nodes(redis: &TestRedis, prefix: &str) -> (TestGateway, TestGateway) {
+pub(crate) async fn two_nodes(redis: &TestRedis, prefix: &str) -> (TestGateway, TestGateway) {
     let mut both = nodes(redis, prefix, &["a", "b"]).await.into_iter();
     (both.next().unwrap(), both.next().unwrap())
 }
@@ -593,4 +593,132 @@ async fn behind_nginx_a_link_attempt_survives_a_sigterm_of_the_node_it_was_on() 
     other.sim().scan(&intent).unwrap();
     common::ends_with_the_account(&mut resumed).await;
     assert_eq!(intents_started(other), 1);
+}
+
+/// `GET /api/stats` on `gw` once `done` holds for it (another node's numbers arrive with its
+/// next heartbeat, within a second).
+async fn stats_when(
+    gw: &TestGateway,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            last = reqwest::get(gw.url("/api/stats"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if done(&last) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "expected {what}; last: {last}");
+    last
+}
+
+fn node_stats<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == name)
+        .unwrap_or_else(|| panic!("no node {name} in {stats}"))
+}
+
+#[tokio::test]
+async fn stats_on_any_node_show_every_nodes_counts_and_their_sums_and_a_resumed_session_counts_once()
+ {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let prefix = "qrt9:";
+    let (a, b) = two_nodes(&redis, prefix).await;
+    let mut watcher =
+        crate::common::WsClient::connect(&b.url("/ws/watch").replace("http", "ws")).await;
+    assert!(watcher.ws_text().await.contains("\"snapshot\""));
+
+    // Opened on A, linked on A.
+    let mut on_a = a.connect("/ws/link/whatsapp").await;
+    let first = qr_envelope(&mut on_a).await;
+    // B's watcher learns where it opened.
+    let opened: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+    assert_eq!(
+        (&opened["type"], &opened["session"], &opened["node"]),
+        (&"opened".into(), &first.session.clone().into(), &"a".into()),
+        "{opened}"
+    );
+    a.sim().scan(&intent_of(&first)).unwrap();
+    crate::common::ends_with_the_account(&mut on_a).await;
+
+    // Opened on A, resumed and linked on B: ended once, on B.
+    let mut events = a.state.store.subscribe();
+    let mut moving = a.connect("/ws/link/whatsapp").await;
+    let second = qr_envelope(&mut moving).await;
+    drop(moving);
+    wait_detached(&a, &mut events, &second.session).await;
+    let mut resumed = b
+        .connect(&format!("/ws/link/whatsapp?resume={}", token_of(&second)))
+        .await;
+    qr_envelope(&mut resumed).await;
+    b.sim().scan(&intent_of(&second)).unwrap();
+    crate::common::ends_with_the_account(&mut resumed).await;
+
+    // One left open on B.
+    let mut open_on_b = b.connect("/ws/link/whatsapp").await;
+    qr_envelope(&mut open_on_b).await;
+
+    let stats = stats_when(&a, "A to see B's linked session and open one", |s| {
+        s["nodes"].as_array().is_some_and(|n| n.len() == 2)
+            && s["total"]["ended"]["account"] == 2
+            && s["total"]["open"] == 1
+    })
+    .await;
+    assert_eq!(
+        (&stats["node"], &stats["cluster"], &stats["complete"]),
+        (&"a".into(), &true.into(), &true.into())
+    );
+    let (sa, sb) = (node_stats(&stats, "a"), node_stats(&stats, "b"));
+    assert_eq!(
+        (&sa["ended"]["account"], &sa["open"]),
+        (&1.into(), &0.into()),
+        "{stats}"
+    );
+    assert_eq!(
+        (&sb["ended"]["account"], &sb["open"]),
+        (&1.into(), &1.into()),
+        "{stats}"
+    );
+    assert_eq!(
+        sa["ended"]["disconnected"], 0,
+        "A handed the session over; it did not end there"
+    );
+    let counts: Vec<u64> =
+        serde_json::from_value(stats["total"]["time_to_scan"]["counts"].clone()).unwrap();
+    assert_eq!(counts.iter().sum::<u64>(), 2, "{stats}");
+    // B answers the same numbers.
+    stats_when(&b, "B to agree", |s| {
+        s["total"]["ended"] == stats["total"]["ended"] && s["total"]["open"] == 1
+    })
+    .await;
+    assert_eq!(
+        redis.keys(&format!("{prefix}stats")).await.len(),
+        1,
+        "one hash for every node's stats"
+    );
+
+    // A leaves: its numbers go from the cluster's.
+    drop(on_a);
+    drop(a);
+    let alone = stats_when(&b, "B alone", |s| {
+        s["nodes"].as_array().is_some_and(|n| n.len() == 1)
+    })
+    .await;
+    assert_eq!(alone["nodes"][0]["node"], "b");
+    assert_eq!(alone["total"]["ended"]["account"], 1);
 }

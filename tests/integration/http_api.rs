@@ -170,3 +170,90 @@ async fn demo_mode_runs_the_whole_flow_against_the_embedded_simulator() {
     );
     let _ = stop.send(());
 }
+
+/// `GET /api/stats` as JSON.
+async fn stats_of(gw: &TestGateway) -> serde_json::Value {
+    let resp = reqwest::get(gw.url("/api/stats")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn stats_count_this_nodes_endings_its_open_sessions_and_time_to_scan() {
+    let gw = TestGateway::with(
+        common::sim_config(Duration::from_secs(30), 2),
+        &["--node-id", "solo"],
+    )
+    .await;
+    let before = stats_of(&gw).await;
+    assert_eq!(
+        (&before["node"], &before["cluster"], &before["complete"]),
+        (
+            &serde_json::json!("solo"),
+            &serde_json::json!(false),
+            &serde_json::json!(true)
+        )
+    );
+    assert_eq!(before["nodes"].as_array().unwrap().len(), 1, "{before}");
+    assert_eq!(before["total"]["ended"]["account"], 0);
+
+    let mut linked = gw.connect("/ws/link/whatsapp").await;
+    let qr = linked.qr().await;
+    let mut cancelled = gw.connect("/ws/link/telegram").await;
+    cancelled.qr().await;
+    let open = stats_of(&gw).await;
+    assert_eq!(open["nodes"][0]["open"], 2, "{open}");
+    assert_eq!(open["total"]["open"], 2, "{open}");
+
+    gw.sim().scan(&qr.intent_id).unwrap();
+    common::ends_with_the_account(&mut linked).await;
+    cancelled
+        .send_json(serde_json::json!({"type": "cancel"}))
+        .await;
+    frames_until_close(&mut cancelled).await;
+    gw.wait_for_no_sessions().await;
+
+    let after = stats_of(&gw).await;
+    let node = &after["nodes"][0];
+    assert_eq!(node["node"], "solo");
+    assert_eq!(node["open"], 0);
+    let ended = &node["ended"];
+    assert_eq!(
+        (
+            &ended["account"],
+            &ended["cancelled"],
+            &ended["timeout"],
+            &ended["error"]
+        ),
+        (&1.into(), &1.into(), &0.into(), &0.into()),
+        "{after}"
+    );
+    let scans = &node["time_to_scan"];
+    let counts: Vec<u64> = serde_json::from_value(scans["counts"].clone()).unwrap();
+    assert_eq!(counts.iter().sum::<u64>(), 1, "one linked: {scans}");
+    assert_eq!(counts[0], 1, "scanned at once: under 2 s: {scans}");
+    assert!(scans["sum_ms"].as_u64().unwrap() < 2_000, "{scans}");
+    assert_eq!(
+        after["total"]["ended"], node["ended"],
+        "one node: the sums are its own"
+    );
+    assert_eq!(after["total"]["time_to_scan"], node["time_to_scan"]);
+}
+
+#[tokio::test]
+async fn stats_need_the_admin_token_when_one_is_set() {
+    let gw = TestGateway::with(
+        common::sim_config(Duration::from_secs(30), 2),
+        &["--admin-token", "s3cret"],
+    )
+    .await;
+    let refused = reqwest::get(gw.url("/api/stats")).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let allowed = reqwest::Client::new()
+        .get(gw.url("/api/stats"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+}
