@@ -11,27 +11,12 @@
   const POLL_MS = 2000;
   /** After a session closes, its webhook is usually delivered within milliseconds. */
   const AFTER_CLOSE_MS = 250;
-  const { authHeaders, duration, clock } = window.QrlinkDashboard;
+  const { duration, clock, poll } = window.QrlinkDashboard;
 
   const $ = (id) => document.getElementById(id);
   const tbody = document.querySelector("#deliveries tbody");
 
-  let inFlight = false;
   let soon = 0;
-
-  async function refresh() {
-    if (inFlight) return;
-    inFlight = true;
-    try {
-      const r = await fetch("/api/deliveries", { headers: authHeaders(), cache: "no-store" });
-      // 401/403: dashboard.js asks for the token; the next poll uses it.
-      if (r.ok) show(await r.json());
-    } catch {
-      // The gateway is away; dashboard.js says so. The next poll tries again.
-    } finally {
-      inFlight = false;
-    }
-  }
 
   function show(feed) {
     const summary = $("deliveries-summary");
@@ -84,12 +69,9 @@
     return td;
   }
 
+  const refresh = poll("/api/deliveries", show, POLL_MS);
   document.addEventListener("qrlink:closed", () => {
     clearTimeout(soon);
     soon = setTimeout(refresh, AFTER_CLOSE_MS);
   });
-  setInterval(() => {
-    if (document.visibilityState === "visible") refresh();
-  }, POLL_MS);
-  refresh();
 })();

@@ -10,6 +10,9 @@
 // before (qr or checkpoint; "resumed" when this page never saw it), which the replayed or next
 // frame confirms. A detached session whose grace passes ends with `closed` `disconnected`.
 //
+// The node column shows each session's `node` (cluster mode: from the snapshot and `opened`);
+// in memory mode dashboard-stats.js names the one node. Totals and charts are that file's.
+//
 // Ages are measured with this browser's clock from when the page learned of the session
 // (snapshot `age_ms`, or the moment `opened` arrived), so a skewed server clock cannot make
 // them wrong.
@@ -37,6 +40,9 @@
    *  other than detached/resumed, what a resume returns to } */
   const sessions = new Map();
   const counts = Object.fromEntries(OUTCOMES.map((o) => [o, 0]));
+
+  /** The node's name in memory mode (from /api/stats), where sessions carry none. */
+  let localNode = "";
 
   /** Display names from /config.json (`whatsapp` -> `WhatsApp`); ids stand in until it loads. */
   const providerNames = new Map();
@@ -239,7 +245,10 @@
           rotation: 0,
           age_ms: 0,
           client: ev.client,
+          node: ev.node,
         });
+        // The totals and charts (dashboard-stats.js) look again.
+        document.dispatchEvent(new CustomEvent("qrlink:opened", { detail: { session: ev.session } }));
         addLog("opened", ev.session, `opened ${providerName(ev.provider)} from ${ev.client}`);
         break;
       case "qr":
@@ -368,6 +377,8 @@
     row.querySelector("td.provider").textContent = providerName(info.provider);
     row.dataset.provider = info.provider;
     row.querySelector("td.client").textContent = info.client;
+    if (info.node) row.dataset.node = info.node;
+    row.querySelector("td.node").textContent = row.dataset.node || localNode;
     update(info.id, { phase: info.phase, rotation: info.rotation });
     tickRow(s);
     updateActive();
@@ -391,7 +402,7 @@
   function newRow(id) {
     const row = document.createElement("tr");
     row.dataset.session = id;
-    for (const name of ["session", "provider", "phase", "rotation", "age", "client", "actions"]) {
+    for (const name of ["session", "node", "provider", "phase", "rotation", "age", "client", "actions"]) {
       const td = document.createElement("td");
       td.className = name;
       row.append(td);
@@ -547,7 +558,40 @@
   // ------------------------------------------------------------------ start
 
   // What the deliveries panel (dashboard-deliveries.js, loaded after this file) shares.
-  window.QrlinkDashboard = Object.freeze({ authHeaders, duration, clock });
+  /** Reads the admin API's `path` now and every `everyMs` while the tab is visible, handing
+   *  its JSON to `show`; one request at a time. Returns the function that reads it now. On
+   *  401/403 this page asks for the token (the next read uses it); while the gateway is away
+   *  the status says so and the next read tries again. */
+  function poll(path, show, everyMs) {
+    let inFlight = false;
+    async function refresh() {
+      if (inFlight) return;
+      inFlight = true;
+      try {
+        const r = await fetch(path, { headers: authHeaders(), cache: "no-store" });
+        if (r.ok) show(await r.json());
+      } catch {
+        // Away: the next read tries again.
+      } finally {
+        inFlight = false;
+      }
+    }
+    setInterval(() => {
+      if (document.visibilityState === "visible") refresh();
+    }, everyMs);
+    refresh();
+    return refresh;
+  }
+
+  /** Memory mode: every session is this node's; its name fills the node column. */
+  function setNodeName(name) {
+    localNode = name || "";
+    for (const s of sessions.values()) {
+      if (!s.row.dataset.node) s.row.querySelector("td.node").textContent = localNode;
+    }
+  }
+
+  window.QrlinkDashboard = Object.freeze({ authHeaders, duration, clock, setNodeName, poll });
   adoptTokenFromUrl();
   loadProviderNames();
   updateActive();

@@ -278,6 +278,8 @@ export interface SessionInfo {
   age_ms: number;
   /** The client's IP address. */
   client: string;
+  /** Cluster mode: the node the session is on; absent with one node in memory. */
+  node?: string;
 }
 
 /** The first event on every watch connection: the sessions open now, oldest first. */
@@ -294,6 +296,8 @@ export interface OpenedEvent {
   /** The client's IP address. */
   client: string;
   at: Timestamp;
+  /** Cluster mode: the node the session opened on; absent with one node in memory. */
+  node?: string;
 }
 
 /**
@@ -372,3 +376,35 @@ export type WatchEvent =
   | ClosedEvent
   | LaggedEvent
   | WatchedFrame;
+
+/** One node's numbers in `GET /api/stats` (and their sums in `total`, where `node` is ""). */
+export interface NodeStats {
+  node: string;
+  /** When the node started (`total`: the earliest node). */
+  started_at: Timestamp;
+  /** When these numbers were read, unix ms. */
+  at_ms: number;
+  /** Sessions open now, attached or detached. */
+  open: number;
+  /** Sessions ended since the node started, by outcome (every outcome present). */
+  ended: Record<Outcome, number>;
+  /** Open sessions sampled on every 10 s of the clock over the last 15 minutes:
+   *  [unix ms, count], oldest first (`total`: summed per instant). */
+  open_history: [number, number][];
+  /** Linked sessions by time to scan (start → linked): `counts[i]` within `bounds_secs[i]`
+   *  (and above the bound before); the last count is the rest. */
+  time_to_scan: { bounds_secs: number[]; counts: number[]; sum_ms: number };
+}
+
+/** `GET /api/stats` (admin): the dashboard's totals and charts. */
+export interface StatsResponse {
+  /** The node that answered. */
+  node: string;
+  /** Several nodes sharing Redis. */
+  cluster: boolean;
+  /** Cluster mode: false when Redis did not answer (only this node is in `nodes`). */
+  complete: boolean;
+  /** Every live node's numbers, by name. */
+  nodes: NodeStats[];
+  total: NodeStats;
+}

@@ -323,6 +323,142 @@ async fn the_deliveries_panel_shows_a_webhook_retrying_then_delivered() {
     .await;
 }
 
+#[tokio::test]
+async fn two_nodes_show_in_the_node_column_the_nodes_table_the_totals_and_both_charts() {
+    let Some(redis) = crate::common::redis::TestRedis::start().await else {
+        return;
+    };
+    let (a, b) = crate::cluster::two_nodes(&redis, "qrdash:").await;
+    run(
+        "two_nodes_show_in_the_node_column_the_nodes_table_the_totals_and_both_charts",
+        async |page| {
+            // The page is on B; sessions open on both nodes after it is live.
+            page.goto(&b.url("/dashboard")).await;
+            let (mut on_a, id_a) = open_session(&a, "whatsapp").await;
+            let (_on_b, id_b) = open_session(&b, "telegram").await;
+            wait_row(page, &id_a, "A's session on node a", "cell('node') === 'a'").await;
+            wait_row(page, &id_b, "B's session on node b", "cell('node') === 'b'").await;
+            wait_nodes(page, "both nodes with one open each", &[("a", 1, 0), ("b", 1, 0)]).await;
+            page.wait_js(
+                "the open-sessions chart at 2 now",
+                "const s = document.getElementById('open-svg');\
+                 return s.dataset.now === '2' && s.querySelectorAll('polyline.node-line').length === 2\
+                 && document.getElementById('open-summary').textContent.startsWith('Now 2 open (a 1, b 1).')",
+            )
+            .await;
+            page.screenshot_as("open").await;
+
+            // A's session is scanned: linked on A, counted in A's row, the totals and the chart.
+            // A's was the first opened.
+            a.sim().scan(&first_intent(&a)).unwrap();
+            crate::common::ends_with_the_account(&mut on_a).await;
+            wait_nodes(page, "A's linked session", &[("a", 0, 1), ("b", 1, 0)]).await;
+            page.wait_js(
+                "the totals and the time-to-scan chart",
+                "return document.getElementById('total-account').textContent === '1 since start'\
+                 && document.getElementById('scan-svg').dataset.scans === '1'\
+                 && document.getElementById('open-svg').dataset.now === '1'",
+            )
+            .await;
+            let bars: Vec<(String, u32)> = page
+                .js("return [...document.querySelectorAll('#scan-svg rect.bar')]\
+                     .map((r) => [r.dataset.bucket, Number(r.dataset.count)])")
+                .await;
+            // The bars are the gateway's buckets, as either node answers them.
+            let api: serde_json::Value = reqwest::get(b.url("/api/stats"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let want: Vec<u32> =
+                serde_json::from_value(api["total"]["time_to_scan"]["counts"].clone()).unwrap();
+            assert_eq!(bars.len(), 13, "{bars:?}");
+            assert_eq!(bars.iter().map(|b| b.1).collect::<Vec<_>>(), want, "{bars:?}");
+            assert_eq!(bars.iter().map(|b| b.1).sum::<u32>(), 1, "{bars:?}");
+            assert_eq!(bars[12].0, "> 5 min");
+            let summary = page.text("#scan-summary").await;
+            assert!(summary.starts_with("1 account linked. Half within "), "{summary}");
+            assert_eq!(counters(page).await, [1, 1, 0, 0, 0, 0], "since the page connected");
+            let errors = page.console_errors().await;
+            assert!(errors.is_empty(), "console errors: {errors:?}");
+            page.screenshot().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_node_in_memory_mode_names_itself_and_counts_since_it_started() {
+    let gw = TestGateway::with(
+        sim_config(Duration::from_secs(30), 2),
+        &["--node-id", "solo"],
+    )
+    .await;
+    // Linked before the page opens: in the totals, not in the page's own counters.
+    let (mut early, _) = open_session(&gw, "whatsapp").await;
+    gw.sim().scan(&first_intent(&gw)).unwrap();
+    crate::common::ends_with_the_account(&mut early).await;
+    gw.wait_for_no_sessions().await;
+    run(
+        "one_node_in_memory_mode_names_itself_and_counts_since_it_started",
+        async |page| {
+            page.goto(&gw.url("/dashboard")).await;
+            let (_client, id) = open_session(&gw, "telegram").await;
+            wait_row(
+                page,
+                &id,
+                "the node's name in the node column",
+                "cell('node') === 'solo'",
+            )
+            .await;
+            wait_nodes(page, "the one node", &[("solo", 1, 1)]).await;
+            page.wait_js(
+                "the totals and both charts",
+                "return document.getElementById('total-account').textContent === '1 since start'\
+                 && document.getElementById('total-active').textContent === 'on solo'\
+                 && document.getElementById('scan-svg').dataset.scans === '1'\
+                 && document.getElementById('open-svg').dataset.now === '1'\
+                 && document.getElementById('open-summary').textContent.startsWith('Now 1 open.')",
+            )
+            .await;
+            assert_eq!(
+                counters(page).await,
+                [1, 0, 0, 0, 0, 0],
+                "nothing ended since the page connected"
+            );
+            assert_eq!(
+                page.count("#open-svg polyline.node-line").await,
+                0,
+                "one node: no per-node lines"
+            );
+            page.screenshot().await;
+        },
+    )
+    .await;
+}
+
+/// Waits until the nodes table has exactly `want`: (node, open, linked) per row, in order.
+async fn wait_nodes(page: &Page, what: &str, want: &[(&str, u32, u32)]) {
+    let want: Vec<Vec<String>> = want
+        .iter()
+        .map(|(n, open, linked)| vec![(*n).to_owned(), open.to_string(), linked.to_string()])
+        .collect();
+    page.wait_js_with(
+        what,
+        "const rows = [...document.querySelectorAll('#nodes tbody tr')].map((r) =>\
+           [r.dataset.node, r.querySelector('td.open').textContent, r.querySelector('td.account').textContent]);\
+         return JSON.stringify(rows) === JSON.stringify(arguments[0]);",
+        vec![json!(want)],
+    )
+    .await;
+}
+
+/// The first intent `gw`'s simulator started (in creation order; nodes share one simulator).
+fn first_intent(gw: &TestGateway) -> String {
+    gw.sim().intent_ids().first().cloned().expect("an intent")
+}
+
 // ------------------------------------------------------------------------------------------
 // The dashboard
 
