@@ -12,6 +12,8 @@
 //! - the directory `{prefix}sessions` (a set of ids), for `GET /api/sessions` on any node;
 //! - `{prefix}node:{id}`, a heartbeat with a 3 s TTL: a node whose key is gone is dead and its
 //!   sessions are resumable anywhere;
+//! - `{prefix}stats`, a hash with each node's dashboard numbers ([`super::stats`]) as a field,
+//!   written with every heartbeat; a dead node's field goes when a dashboard next reads;
 //! - `{prefix}node:{id}:cmd`, a list each node pops: `handoff` (a resume elsewhere wants the
 //!   session: take it off the socket, write its cursor, forget it here), `cancel` (an operator's
 //!   DELETE on another node), and `ack` back to the asking node.
