@@ -10,7 +10,9 @@ use qrlink::simulator::PollOutcome;
 use qrlink::store::WatchEvent;
 
 use crate::common::redis::TestRedis;
-use crate::common::{self, Next, TestGateway, WAIT, WsClient};
+use crate::common::{
+    self, Next, TestGateway, WAIT, WsClient, intent_of, intents_started, qr_envelope, token_of,
+};
 
 /// Gateway nodes named `names`, sharing `redis` under a prefix of their own and one simulator;
 /// QRs that outlive the test, a grace long enough for every resume.
@@ -18,16 +20,7 @@ pub(crate) async fn nodes(redis: &TestRedis, prefix: &str, names: &[&str]) -> Ve
     let url = redis.url();
     let mut nodes: Vec<TestGateway> = Vec::new();
     for name in names {
-        let args = [
-            "--resume-grace",
-            "60s",
-            "--redis-url",
-            &url,
-            "--redis-prefix",
-            prefix,
-            "--node-id",
-            name,
-        ];
+        let args = node_args(&url, prefix, name);
         nodes.push(match nodes.first() {
             None => TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &args).await,
             Some(first) => TestGateway::beside(first, &args).await,
@@ -47,37 +40,24 @@ pub(crate) async fn nodes(redis: &TestRedis, prefix: &str, names: &[&str]) -> Ve
     nodes
 }
 
+/// The flags of a cluster node named `node` on Redis `url` under `prefix`, with a grace long
+/// enough for every resume in these tests.
+fn node_args<'a>(url: &'a str, prefix: &'a str, node: &'a str) -> [&'a str; 8] {
+    [
+        "--resume-grace",
+        "60s",
+        "--redis-url",
+        url,
+        "--redis-prefix",
+        prefix,
+        "--node-id",
+        node,
+    ]
+}
+
 pub(crate) async fn two_nodes(redis: &TestRedis, prefix: &str) -> (TestGateway, TestGateway) {
     let mut both = nodes(redis, prefix, &["a", "b"]).await.into_iter();
     (both.next().unwrap(), both.next().unwrap())
-}
-
-async fn qr_envelope(client: &mut WsClient) -> Envelope {
-    let env = client.frame().await;
-    assert!(
-        matches!(env.frame, ServerFrame::Qr(_)),
-        "expected a qr, got {env:?}"
-    );
-    env
-}
-
-fn intent_of(env: &Envelope) -> String {
-    match &env.frame {
-        ServerFrame::Qr(q) => q.intent_id.clone(),
-        other => panic!("expected a qr frame, got {other:?}"),
-    }
-}
-
-fn token_of(env: &Envelope) -> String {
-    env.resume.clone().expect("a resume token")
-}
-
-fn intents_started(gw: &TestGateway) -> usize {
-    gw.sim()
-        .requests()
-        .iter()
-        .filter(|r| r.path.ends_with("/v2/auth/intent"))
-        .count()
 }
 
 /// Once `gw` polls each session's intent again, scans it: each of `clients` (resumed from
@@ -308,18 +288,7 @@ async fn when_a_node_is_killed_every_session_resumes_on_another_within_the_heart
     };
     let prefix = "qrt5:";
     let url = redis.url();
-    let cluster_args = |node: &'static str| {
-        [
-            "--resume-grace",
-            "60s",
-            "--redis-url",
-            url.as_str(),
-            "--redis-prefix",
-            prefix,
-            "--node-id",
-            node,
-        ]
-    };
+    let cluster_args = |node| node_args(&url, prefix, node);
     let b = TestGateway::with(
         common::sim_config(Duration::from_secs(30), 3),
         &cluster_args("b"),
@@ -410,19 +379,10 @@ async fn a_per_address_limit_holds_across_nodes_and_frees_up_when_a_session_ends
     };
     let prefix = "qrt7:";
     let url = redis.url();
-    let args = |node: &'static str| {
-        [
-            "--resume-grace",
-            "60s",
-            "--redis-url",
-            url.as_str(),
-            "--redis-prefix",
-            prefix,
-            "--node-id",
-            node,
-            "--max-sessions-per-ip",
-            "2",
-        ]
+    let args = |node| {
+        let mut args = node_args(&url, prefix, node).to_vec();
+        args.extend(["--max-sessions-per-ip", "2"]);
+        args
     };
     let a = TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &args("a")).await;
     let b = TestGateway::beside(&a, &args("b")).await;

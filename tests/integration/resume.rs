@@ -12,36 +12,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::common::{self, Next, TWOFA, TestGateway, WAIT, WsClient};
+use crate::common::{
+    self, Next, TWOFA, TestGateway, WAIT, WsClient, intent_of, intents_started, qr_envelope,
+    token_of,
+};
 
 /// QRs that outlive any test step, and a grace long enough for every resume below.
 async fn gateway(extra: &[&str]) -> TestGateway {
     let mut args = vec!["--resume-grace", "60s"];
     args.extend_from_slice(extra);
     TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &args).await
-}
-
-/// The next frame, which must be a `qr`, with its envelope.
-async fn qr_envelope(client: &mut WsClient) -> Envelope {
-    let env = client.frame().await;
-    assert!(
-        matches!(env.frame, ServerFrame::Qr(_)),
-        "expected a qr frame, got {env:?}"
-    );
-    env
-}
-
-fn intent_of(env: &Envelope) -> String {
-    match &env.frame {
-        ServerFrame::Qr(q) => q.intent_id.clone(),
-        other => panic!("expected a qr frame, got {other:?}"),
-    }
-}
-
-fn token_of(env: &Envelope) -> String {
-    env.resume
-        .clone()
-        .unwrap_or_else(|| panic!("expected a resume token on {env:?}"))
 }
 
 /// Waits for a watch event about `session` that `pred` accepts.
@@ -103,14 +83,6 @@ async fn detached_whatsapp(
     drop(client);
     wait_detached(events, &first.session).await;
     first
-}
-
-fn intents_started(gw: &TestGateway) -> usize {
-    gw.sim()
-        .requests()
-        .iter()
-        .filter(|r| r.path.ends_with("/v2/auth/intent"))
-        .count()
 }
 
 #[tokio::test]

@@ -254,6 +254,65 @@ impl Drop for TestGateway {
     }
 }
 
+/// A program a test needs (found on PATH, or in /usr/sbin where Debian puts daemons); `None`,
+/// with the reason printed, when it is missing and the test should skip. Never on CI: there a
+/// missing tool fails the test, since `.ci/run` installs `package`.
+pub fn required_tool(program: &str, package: &str) -> Option<std::path::PathBuf> {
+    let sbin = std::path::Path::new("/usr/sbin").join(program);
+    let found = browser::find_in_path(program).or_else(|| sbin.exists().then_some(sbin));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} not found, and CI must run the tests that need it: \
+             apt-get install {package} (.ci/run does)"
+        );
+        println!("skipping: {program} not found (apt-get install {package})");
+    }
+    found
+}
+
+/// A loopback port nothing listens on now (bound and released: a server started next takes it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The next frame, which must be a `qr`, with its envelope.
+pub async fn qr_envelope(client: &mut WsClient) -> Envelope {
+    let env = client.frame().await;
+    assert!(
+        matches!(env.frame, ServerFrame::Qr(_)),
+        "expected a qr frame, got {env:?}"
+    );
+    env
+}
+
+/// The intent id of a `qr` frame.
+pub fn intent_of(env: &Envelope) -> String {
+    match &env.frame {
+        ServerFrame::Qr(q) => q.intent_id.clone(),
+        other => panic!("expected a qr frame, got {other:?}"),
+    }
+}
+
+/// The resume token a frame carries.
+pub fn token_of(env: &Envelope) -> String {
+    env.resume
+        .clone()
+        .unwrap_or_else(|| panic!("expected a resume token on {env:?}"))
+}
+
+/// Start Auth Intent calls the gateway's simulator has had.
+pub fn intents_started(gw: &TestGateway) -> usize {
+    gw.sim()
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/v2/auth/intent"))
+        .count()
+}
+
 /// A WebSocket client that speaks the protocol's frames.
 pub struct WsClient {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -4,12 +4,11 @@
 //!
 //! Without nginx a test says why and passes, unless `CI` is set (`.ci/run` installs it).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::WAIT;
-use super::browser::find_in_path;
 
 pub struct TestNginx {
     child: Child,
@@ -24,23 +23,8 @@ impl TestNginx {
     /// nginx in front of `nodes` (ports on 127.0.0.1); `None` when nginx is missing (never on
     /// CI).
     pub async fn start(nodes: &[u16]) -> Option<TestNginx> {
-        let nginx = find_in_path("nginx").or_else(|| {
-            let sbin = Path::new("/usr/sbin/nginx");
-            sbin.exists().then(|| sbin.to_owned())
-        });
-        let Some(nginx) = nginx else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "nginx not found, and CI must run the load balancer test: \
-                 apt-get install nginx-light (.ci/run does)"
-            );
-            println!("skipping: nginx not found (apt-get install nginx-light)");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let nginx = super::required_tool("nginx", "nginx-light")?;
+        let port = super::free_port();
         // The snippet with this test's ports: its three example nodes become ours.
         let servers: String = nodes
             .iter()

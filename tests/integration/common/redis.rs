@@ -11,10 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::WAIT;
-use super::browser::find_in_path;
 
 pub struct TestRedis {
     child: Child,
+    server: std::path::PathBuf,
     pub port: u16,
 }
 
@@ -22,22 +22,14 @@ impl TestRedis {
     /// `None` when redis-server is missing and the test should skip (never on CI).
     pub async fn start() -> Option<TestRedis> {
         super::init_logs();
-        let Some(server) = find_in_path("redis-server") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server not found, and CI must run the cluster tests: \
-                 apt-get install redis-server (.ci/run does)"
-            );
-            println!("skipping: redis-server not found (apt-get install redis-server)");
-            return None;
-        };
-        // A free port: bound and released; redis-server takes it a moment later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let server = super::required_tool("redis-server", "redis-server")?;
+        let port = super::free_port();
         let child = spawn(&server, port);
-        let redis = TestRedis { child, port };
+        let redis = TestRedis {
+            child,
+            server,
+            port,
+        };
         redis.wait_for_ping().await;
         Some(redis)
     }
@@ -50,8 +42,7 @@ impl TestRedis {
 
     /// Starts an empty server again on the same port, after [`TestRedis::kill`].
     pub async fn restart(&mut self) {
-        let server = find_in_path("redis-server").expect("redis-server was found before");
-        self.child = spawn(&server, self.port);
+        self.child = spawn(&self.server, self.port);
         self.wait_for_ping().await;
     }
 
