@@ -18,10 +18,14 @@
 //!   session: take it off the socket, write its cursor, forget it here), `cancel` (an operator's
 //!   DELETE on another node), and `ack` back to the asking node.
 //!
-//! Writes go through one ordered queue per node and never hold up a frame: a browser never
-//! waits on Redis. An ack is queued after the writes it follows, so a node that receives it
-//! reads the state they wrote. What is not built yet (issue 10): watch events across nodes on a
-//! Redis Stream, admission limits across nodes, the degraded mode's metrics and `/healthz`.
+//! Writes go through one ordered queue per node; a frame waits for its record at most
+//! `WRITE_WAIT` (memory.rs). An ack is queued after the writes it follows, so a node that
+//! receives it reads the state they wrote. What one pipeline takes is coalesced first (a
+//! session's consecutive writes become one HSET, the writes of a session that ends in it are
+//! left out, watch events share a stream entry), so that under load an attempt costs fewer
+//! commands: about 15 for an attempt with one QR and its account at 100 attempts/s, fewer under
+//! load (benches/README "Cluster"). A pipeline that failed is tried again as it was; Redis may
+//! have run it (a timeout), so stream entries are numbered per node and readers drop repeats.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,9 +62,20 @@ const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
 
-/// Watch events the stream keeps (about: `MAXLEN ~`); a node that was away longer than these
-/// take to fill misses the oldest, and its watchers are told (`lagged`).
+/// Stream entries kept (about: `MAXLEN ~`), each one or more watch events (up to
+/// [`EVENTS_PER_ENTRY`]: what one write took); a node that was away longer than these take to
+/// fill misses the oldest.
 const EVENTS_KEPT: usize = 10_000;
+
+/// Watch events one stream entry holds at most (the events one write batch took).
+const EVENTS_PER_ENTRY: usize = 32;
+
+/// Stream entries read at most at once.
+const EVENTS_READ: usize = 512;
+/// After a read that caught up, the events reader waits this long before the next one, so
+/// that under load one read takes many events: other nodes' watchers see an event at most this
+/// much later.
+const EVENTS_PACE: Duration = Duration::from_millis(10);
 
 /// The `{prefix}stats` hash (a field per node, written with each heartbeat) lives this long
 /// after the last node's last write.
@@ -84,6 +99,9 @@ pub struct ClusterConfig {
 /// A node's link to the others.
 pub struct Cluster {
     node: String,
+    /// When this process joined (ms since the epoch): with an entry's number, which of this
+    /// node's stream entries a reader has seen, across restarts under the same name.
+    boot: u64,
     prefix: String,
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
@@ -123,11 +141,12 @@ impl std::fmt::Debug for Cluster {
 /// One queued write.
 #[derive(Debug)]
 enum Write {
-    /// Sets fields of a session's hash and its TTL; `listed` adds it to the directory.
+    /// Sets fields of a session's hash and, when it changes, its TTL; `listed` adds it to the
+    /// directory.
     Session {
         id: String,
         fields: Vec<(&'static str, String)>,
-        ttl: Duration,
+        ttl: Option<Duration>,
         listed: bool,
     },
     /// Deletes a session's hash and takes it off the directory.
@@ -135,7 +154,12 @@ enum Write {
     /// Appends a command to a node's list.
     Command { node: String, body: String },
     /// Appends a watch event to the stream every node reads.
-    Event { body: String },
+    Event {
+        body: String,
+        /// The entry's number among this node's, set when its batch is made: a reader drops
+        /// an entry whose number it has seen (a batch retried after Redis ran it).
+        entry: u64,
+    },
     /// Releases an address's admission.
     Release { key: String },
 }
@@ -348,32 +372,42 @@ enum WireCursor {
     },
 }
 
-/// Admits one more session from an address across every node, atomically: its open sessions
-/// (`KEYS[1]`, a counter) under `ARGV[1]`, and a token bucket of `ARGV[2]` a minute
-/// (`KEYS[2]`). `ARGV[3]` is now in ms, `ARGV[4]` the counter's TTL. The bucket's TTL is the
-/// time it takes to refill: an expired bucket is a full one. 1 = admitted.
+/// Admits one more session from an address across every node, atomically. `KEYS[1]` is the
+/// address's hash: `active` (its open sessions, under `ARGV[1]`) and a token bucket of `ARGV[2]`
+/// a minute (`tokens`, `at`). `ARGV[3]` is now in ms, `ARGV[4]` how long an open session may
+/// hold the count. One hash, so an admission is the script and three commands (HMGET, HSET,
+/// PEXPIRE): Redis's INFO commandstats counts the commands a script runs. 1 = admitted.
 const ADMIT: &str = r"
 local max_active = tonumber(ARGV[1])
 local per_minute = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
-local active = tonumber(redis.call('GET', KEYS[1]) or '0')
+local held = redis.call('HMGET', KEYS[1], 'active', 'tokens', 'at')
+local active = tonumber(held[1]) or 0
 if active >= max_active then return 0 end
-local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'at')
-local tokens = tonumber(bucket[1]) or per_minute
-local at = tonumber(bucket[2]) or now
+local tokens = tonumber(held[2]) or per_minute
+local at = tonumber(held[3]) or now
 tokens = math.min(per_minute, tokens + math.max(0, now - at) * per_minute / 60000)
 if tokens < 1 then return 0 end
 tokens = tokens - 1
-redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[2], math.max(1, math.ceil((per_minute - tokens) * 60000 / per_minute)))
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[1], 'active', active + 1, 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), math.ceil((per_minute - tokens) * 60000 / per_minute)))
 return 1
 ";
 
-/// Releases what [`ADMIT`] counted; the counter goes when it reaches 0.
+/// Releases what [`ADMIT`] counted. With sessions still open that is all; the last one gives
+/// the key the time its bucket takes to be full again (an expired bucket is a full one), or
+/// deletes it when it is full already. `ARGV[1]` is the bucket's rate a minute, `ARGV[2]` now.
 const RELEASE: &str = r"
-if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+local active = redis.call('HINCRBY', KEYS[1], 'active', -1)
+if active > 0 then return 1 end
+local per_minute = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local held = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(held[1]) or per_minute
+local at = tonumber(held[2]) or now
+tokens = math.min(per_minute, tokens + math.max(0, now - at) * per_minute / 60000)
+local refill = math.ceil((per_minute - tokens) * 60000 / per_minute)
+if refill < 1 then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], refill) end
 return 1
 ";
 
@@ -430,6 +464,7 @@ impl Cluster {
         let (writes, rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             node: config.node.clone(),
+            boot: unix_ms(SystemTime::now()),
             prefix: config.prefix.clone(),
             client,
             conn: OnceCell::new(),
@@ -569,6 +604,9 @@ impl Cluster {
     /// it and tries again (a write is never dropped; the frame it follows went out already).
     async fn writer(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Write>) {
         let mut batch = Vec::new();
+        // The writes the batch was made of: it may hold fewer once coalesced.
+        let mut taken = 0;
+        let mut entries = 0;
         let mut failing = false;
         loop {
             if batch.is_empty() {
@@ -576,13 +614,23 @@ impl Cluster {
                     Some(w) => batch.push(w),
                     None => return,
                 }
-            }
-            while let Ok(w) = rx.try_recv() {
-                batch.push(w);
-                if batch.len() >= 512 {
-                    break;
+                while let Ok(w) = rx.try_recv() {
+                    batch.push(w);
+                    if batch.len() >= 512 {
+                        break;
+                    }
+                }
+                taken = batch.len() as u64;
+                coalesce(&mut batch);
+                for write in &mut batch {
+                    if let Write::Event { entry, .. } = write {
+                        entries += 1;
+                        *entry = entries;
+                    }
                 }
             }
+            // A batch that failed is tried again as it was (Redis may have run it all the
+            // same: the events' entries are numbered, so readers drop an entry seen twice).
             let Some(mut conn) = self.connect(&self.writer_conn, "connect").await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -598,9 +646,8 @@ impl Cluster {
                         tracing::info!("redis writes caught up");
                         failing = false;
                     }
-                    let n = batch.len() as u64;
                     batch.clear();
-                    self.written.send_modify(|w| *w += n);
+                    self.written.send_modify(|w| *w += taken);
                 }
                 Err(e) => {
                     self.set_up(false);
@@ -625,7 +672,9 @@ impl Cluster {
             } => {
                 let key = self.key(id);
                 pipe.hset_multiple(&key, fields).ignore();
-                pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
+                if let Some(ttl) = ttl {
+                    pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
+                }
                 if *listed {
                     pipe.sadd(self.directory(), id).ignore();
                 }
@@ -635,9 +684,15 @@ impl Cluster {
                 pipe.srem(self.directory(), id).ignore();
             }
             Write::Release { key } => {
-                pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).ignore();
+                pipe.cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(key)
+                    .arg(self.limits.1)
+                    .arg(unix_ms(SystemTime::now()))
+                    .ignore();
             }
-            Write::Event { body } => {
+            Write::Event { body, entry } => {
                 pipe.cmd("XADD")
                     .arg(self.events_key())
                     .arg("MAXLEN")
@@ -646,6 +701,10 @@ impl Cluster {
                     .arg("*")
                     .arg("node")
                     .arg(&self.node)
+                    .arg("boot")
+                    .arg(self.boot)
+                    .arg("n")
+                    .arg(*entry)
                     .arg("event")
                     .arg(body)
                     .ignore();
@@ -668,6 +727,7 @@ impl Cluster {
         let up = serde_json::json!({"type": "node_up", "node": self.node});
         self.queue(Write::Event {
             body: up.to_string(),
+            entry: 0,
         });
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
@@ -719,13 +779,11 @@ impl Cluster {
             metrics::counter!("qrlink_redis_errors_total", "op" => "limits").increment(1);
             return Ok(None);
         };
-        let tag = format!("{}{{ip:{ip}}}", self.prefix);
-        let (active, bucket) = (format!("{tag}:active"), format!("{tag}:bucket"));
+        let key = format!("{}{{ip:{ip}}}", self.prefix);
         let admitted: redis::RedisResult<i64> = redis::cmd("EVAL")
             .arg(ADMIT)
-            .arg(2)
-            .arg(&active)
-            .arg(&bucket)
+            .arg(1)
+            .arg(&key)
             .arg(self.limits.0)
             .arg(self.limits.1)
             .arg(unix_ms(SystemTime::now()))
@@ -735,7 +793,7 @@ impl Cluster {
         match admitted {
             Ok(1) => Ok(Some(Hold {
                 cluster: self.clone(),
-                key: active,
+                key,
             })),
             Ok(_) => Err(Denied::RateLimited),
             Err(e) => {
@@ -835,7 +893,7 @@ impl Cluster {
     pub(super) fn published(&self, event: &WatchEvent) {
         let wire = WireEvent::of(event);
         if let Ok(body) = serde_json::to_string(&wire) {
-            self.queue(Write::Event { body });
+            self.queue(Write::Event { body, entry: 0 });
         }
     }
 
@@ -849,12 +907,14 @@ impl Cluster {
         // From now on (a watcher's snapshot covers what came before). Not `$`: that would skip
         // what arrives between two reads.
         let mut last = format!("{}-0", unix_ms(SystemTime::now()));
+        // Each node's last entry read: (its boot, the entry's number).
+        let mut seen: HashMap<String, (u64, u64)> = HashMap::new();
         let mut failing = false;
         loop {
             let mut xread = redis::cmd("XREAD");
             xread
                 .arg("COUNT")
-                .arg(512)
+                .arg(EVENTS_READ)
                 .arg("BLOCK")
                 .arg(1000)
                 .arg("STREAMS")
@@ -886,20 +946,46 @@ impl Cluster {
             let Some(memory) = memory.upgrade() else {
                 return;
             };
+            let mut read = 0;
             for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                read += 1;
                 last = entry.id.clone();
-                let node: Option<String> = entry.get("node");
-                if node.as_deref() == Some(self.node.as_str()) {
+                let node: String = entry.get("node").unwrap_or_default();
+                if node == self.node {
                     continue;
                 }
-                let body: Option<String> = entry.get("event");
-                let Some(event) = body
-                    .and_then(|b| serde_json::from_str::<WireEvent>(&b).ok())
-                    .map(WireEvent::into_event)
-                else {
-                    continue;
+                let (boot, n): (u64, u64) = (
+                    entry.get("boot").unwrap_or_default(),
+                    entry.get("n").unwrap_or_default(),
+                );
+                match seen.get_mut(&node) {
+                    // Seen already: that node's write was run twice (see `writer`).
+                    Some(last) if last.0 == boot && n <= last.1 => continue,
+                    Some(last) => *last = (boot, n),
+                    None => {
+                        seen.insert(node, (boot, n));
+                    }
+                }
+                let body: String = entry.get("event").unwrap_or_default();
+                let events = if body.starts_with('[') {
+                    serde_json::from_str::<Vec<WireEvent>>(&body).unwrap_or_default()
+                } else {
+                    serde_json::from_str::<WireEvent>(&body)
+                        .into_iter()
+                        .collect()
                 };
-                memory.deliver(event);
+                for event in events {
+                    memory.deliver(event.into_event());
+                }
+            }
+            drop(memory);
+            if (1..EVENTS_READ).contains(&read) {
+                // Caught up: let the next events gather a moment rather than read them one by
+                // one (a read each is a Redis command per event per node).
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(EVENTS_PACE) => {}
+                }
             }
         }
     }
@@ -980,7 +1066,7 @@ impl Cluster {
         self.queue(Write::Session {
             id: id.to_owned(),
             fields,
-            ttl: self.attached_ttl,
+            ttl: Some(self.attached_ttl),
             listed: true,
         });
     }
@@ -1010,7 +1096,8 @@ impl Cluster {
         self.queue(Write::Session {
             id: id.to_owned(),
             fields,
-            ttl: self.attached_ttl,
+            // Set when it was opened or attached here, and the same until it is detached.
+            ttl: None,
             listed: false,
         });
     }
@@ -1027,7 +1114,7 @@ impl Cluster {
                 ("phase", (Phase::Detached as u8).to_string()),
                 ("holder", String::new()),
             ],
-            ttl: self.grace,
+            ttl: Some(self.grace),
             listed: false,
         });
     }
@@ -1037,7 +1124,7 @@ impl Cluster {
         self.queue(Write::Session {
             id: id.to_owned(),
             fields: vec![("node", self.node.clone()), ("holder", self.node.clone())],
-            ttl: self.attached_ttl,
+            ttl: Some(self.attached_ttl),
             listed: true,
         });
     }
@@ -1331,6 +1418,86 @@ impl WireCursor {
     }
 }
 
+/// Fewer commands for the same end state: within one batch, a session's writes that follow
+/// each other (no command to another node in between, which may read them) become one, and the
+/// writes of a session that ends in the same batch are left out (its hash is deleted anyway).
+/// Under load one batch holds an attempt's opening and its first frame, or its last frame and
+/// its end.
+fn coalesce(batch: &mut Vec<Write>) {
+    if batch.len() < 2 {
+        return;
+    }
+    // The index in `out` of each session's latest write since the last command, and of the
+    // watch events' entry being filled.
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    let mut events: Option<(usize, usize)> = None;
+    let mut out: Vec<Option<Write>> = Vec::with_capacity(batch.len());
+    for write in batch.drain(..) {
+        match write {
+            Write::Session {
+                id,
+                fields,
+                ttl,
+                listed,
+            } => match latest.get(&id).and_then(|&i| out[i].as_mut()) {
+                Some(Write::Session {
+                    fields: earlier,
+                    ttl: earlier_ttl,
+                    listed: earlier_listed,
+                    ..
+                }) => {
+                    // HSET takes repeated fields in order: the later value wins.
+                    earlier.extend(fields);
+                    *earlier_ttl = ttl.or(*earlier_ttl);
+                    *earlier_listed |= listed;
+                }
+                _ => {
+                    latest.insert(id.clone(), out.len());
+                    out.push(Some(Write::Session {
+                        id,
+                        fields,
+                        ttl,
+                        listed,
+                    }));
+                }
+            },
+            Write::Ended { id } => {
+                if let Some(i) = latest.remove(&id) {
+                    out[i] = None;
+                }
+                out.push(Some(Write::Ended { id }));
+            }
+            Write::Event { body, entry } => match events {
+                Some((i, n)) if n < EVENTS_PER_ENTRY => {
+                    if let Some(Write::Event { body: entry, .. }) = &mut out[i] {
+                        // One entry, several events: a JSON array of them.
+                        if n == 1 {
+                            entry.insert(0, '[');
+                        } else {
+                            entry.pop();
+                        }
+                        entry.push(',');
+                        entry.push_str(&body);
+                        entry.push(']');
+                    }
+                    events = Some((i, n + 1));
+                }
+                _ => {
+                    events = Some((out.len(), 1));
+                    out.push(Some(Write::Event { body, entry }));
+                }
+            },
+            command @ Write::Command { .. } => {
+                latest.clear();
+                events = None;
+                out.push(Some(command));
+            }
+            other => out.push(Some(other)),
+        }
+    }
+    batch.extend(out.into_iter().flatten());
+}
+
 /// What went wrong with Redis, for a log line: the kind only (an error's text may quote the
 /// URL, password and all).
 fn why(e: &redis::RedisError) -> String {
@@ -1347,4 +1514,140 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, fields: &[(&'static str, &str)], ttl: Option<u64>, listed: bool) -> Write {
+        Write::Session {
+            id: id.into(),
+            fields: fields.iter().map(|&(k, v)| (k, v.to_owned())).collect(),
+            ttl: ttl.map(Duration::from_millis),
+            listed,
+        }
+    }
+
+    fn event(body: &str) -> Write {
+        Write::Event {
+            body: body.into(),
+            entry: 0,
+        }
+    }
+
+    fn described(batch: &[Write]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|w| match w {
+                Write::Session {
+                    id,
+                    fields,
+                    ttl,
+                    listed,
+                } => {
+                    let fields: Vec<String> =
+                        fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!(
+                        "session {id} [{}] ttl={ttl:?} listed={listed}",
+                        fields.join(" ")
+                    )
+                }
+                Write::Ended { id } => format!("ended {id}"),
+                Write::Command { node, body } => format!("command {node} {body}"),
+                Write::Event { body, .. } => format!("event {body}"),
+                Write::Release { key } => format!("release {key}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sessions_writes_in_one_batch_become_one_and_the_later_value_and_ttl_win() {
+        let mut batch = vec![
+            session("a", &[("phase", "0"), ("seq", "0")], Some(100), true),
+            session("b", &[("seq", "1")], None, false),
+            session("a", &[("seq", "1")], None, false),
+            session("a", &[("phase", "5")], Some(7), false),
+        ];
+        coalesce(&mut batch);
+        assert_eq!(
+            described(&batch),
+            [
+                "session a [phase=0 seq=0 seq=1 phase=5] ttl=Some(7ms) listed=true",
+                "session b [seq=1] ttl=None listed=false",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_session_that_ends_in_the_batch_leaves_only_its_end() {
+        let mut batch = vec![
+            session("a", &[("seq", "2")], None, false),
+            event(r#"{"e":1}"#),
+            Write::Ended { id: "a".into() },
+            session("b", &[("seq", "1")], None, false),
+        ];
+        coalesce(&mut batch);
+        assert_eq!(
+            described(&batch),
+            [
+                "event {\"e\":1}",
+                "ended a",
+                "session b [seq=1] ttl=None listed=false"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_command_to_another_node_is_a_barrier_nothing_moves_across() {
+        // The node that gets the ack reads what the writes before it wrote, and nothing after.
+        let mut batch = vec![
+            session("a", &[("phase", "6")], Some(1), false),
+            event(r#"{"e":1}"#),
+            Write::Command {
+                node: "n2".into(),
+                body: "ack".into(),
+            },
+            session("a", &[("holder", "")], None, false),
+            event(r#"{"e":2}"#),
+            Write::Ended { id: "a".into() },
+        ];
+        coalesce(&mut batch);
+        assert_eq!(
+            described(&batch),
+            [
+                "session a [phase=6] ttl=Some(1ms) listed=false",
+                "event {\"e\":1}",
+                "command n2 ack",
+                "event {\"e\":2}",
+                "ended a",
+            ]
+        );
+    }
+
+    #[test]
+    fn events_share_an_entry_as_a_json_array_up_to_the_limit() {
+        let mut batch: Vec<Write> = (0..EVENTS_PER_ENTRY + 2)
+            .map(|i| event(&format!(r#"{{"e":{i}}}"#)))
+            .collect();
+        coalesce(&mut batch);
+        let bodies: Vec<String> = batch
+            .iter()
+            .map(|w| match w {
+                Write::Event { body, .. } => body.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(bodies.len(), 2);
+        let first: Vec<Value> = serde_json::from_str(&bodies[0]).unwrap();
+        let second: Vec<Value> = serde_json::from_str(&bodies[1]).unwrap();
+        assert_eq!(first.len(), EVENTS_PER_ENTRY);
+        assert_eq!(first[0]["e"], 0);
+        assert_eq!(second.len(), 2);
+        assert_eq!(second[1]["e"], EVENTS_PER_ENTRY + 1);
+        // One event alone stays an object, as before entries were shared.
+        let mut one = vec![event(r#"{"e":0}"#)];
+        coalesce(&mut one);
+        assert_eq!(described(&one), ["event {\"e\":0}"]);
+    }
 }

@@ -896,7 +896,13 @@ impl Attachment {
         };
         record.seq += 1;
         let mut env = Envelope::new(self.session.id.clone(), record.seq, frame);
-        if let Some(cluster) = &self.store.cluster {
+        // A terminal frame is not written: the session's end, right after it, deletes the hash.
+        if let Some(cluster) = self
+            .store
+            .cluster
+            .as_ref()
+            .filter(|_| !env.frame.is_terminal())
+        {
             let wire = self
                 .session
                 .resume_secret
