@@ -262,9 +262,12 @@ pub struct Config {
     #[arg(long, env = "QRLINK_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<Cidr>,
 
-    /// `frame-ancestors` of the pages' CSP: who may embed the link page in an iframe.
-    #[arg(long, env = "QRLINK_FRAME_ANCESTORS", default_value = "'self'")]
-    pub frame_ancestors: String,
+    /// `frame-ancestors` of the pages' CSP: who may embed the link page in an iframe (and so
+    /// use `/qrlink.js`), a CSP source list such as `'self' https://app.example.com`, used
+    /// verbatim. Unset: `'self'` and every `--allowed-origins` entry, since an operator who lets
+    /// a site open link sockets lets it embed the page too. See [`Config::frame_ancestors`].
+    #[arg(long, env = "QRLINK_FRAME_ANCESTORS")]
+    pub frame_ancestors: Option<String>,
 
     /// Log format: `text` or `json`.
     #[arg(long, env = "QRLINK_LOG_FORMAT", default_value = "text")]
@@ -372,7 +375,44 @@ impl Config {
             ));
         }
         self.webhook()?;
+        if let Some(list) = &self.frame_ancestors {
+            // It goes into a header after `frame-ancestors`: a `;` or `,` would add directives
+            // or a second policy, and a control character would break the header.
+            if list.trim().is_empty()
+                || list
+                    .chars()
+                    .any(|c| matches!(c, ';' | ',') || c.is_control())
+            {
+                return Err(format!(
+                    "--frame-ancestors must be a CSP source list such as \"'self' https://app.example.com\" \
+                     (space separated, no ';' or ','), got {list:?}"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The `frame-ancestors` source list the pages are served with: `--frame-ancestors` as
+    /// given, or else `'self'` followed by each allowed origin that is a plain source expression
+    /// (entries with spaces, `;`, `,` or control characters are left out: they would change
+    /// the policy, and such an origin cannot open a socket either).
+    pub fn frame_ancestors(&self) -> String {
+        if let Some(list) = &self.frame_ancestors {
+            return list.trim().to_owned();
+        }
+        let mut list = String::from("'self'");
+        for origin in &self.allowed_origins {
+            let origin = origin.trim().trim_end_matches('/');
+            let plain = !origin.is_empty()
+                && origin
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !matches!(c, ';' | ',' | '\''));
+            if plain {
+                list.push(' ');
+                list.push_str(origin);
+            }
+        }
+        list
     }
 
     /// The webhook settings, `None` without a webhook URL. Refuses, in one line each, a URL
@@ -563,6 +603,48 @@ mod tests {
         assert_eq!(c.qr_ttl.for_provider("telegram"), Duration::from_secs(30));
         assert_eq!(c.upstream_http, UpstreamHttp::Auto);
         assert_eq!(c.upstream_ca_file, None);
+    }
+
+    #[test]
+    fn frame_ancestors_default_to_self_and_the_allowed_origins() {
+        let c = Config::from_args::<_, &str>([]).unwrap();
+        assert_eq!(c.frame_ancestors(), "'self'");
+        let c = Config::from_args([
+            "--allowed-origins",
+            "https://app.example.com/, http://127.0.0.1:8080,bad;origin",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.frame_ancestors(),
+            "'self' https://app.example.com http://127.0.0.1:8080"
+        );
+        let c = Config::from_args([
+            "--allowed-origins",
+            "https://app.example.com",
+            "--frame-ancestors",
+            "'none'",
+        ])
+        .unwrap();
+        assert_eq!(c.frame_ancestors(), "'none'", "set, it is used verbatim");
+    }
+
+    #[test]
+    fn frame_ancestors_that_would_change_the_policy_are_refused() {
+        for bad in [
+            "'self'; script-src *",
+            "'self', https://a.example",
+            "",
+            "'self'\nx",
+        ] {
+            let err = Config::from_args(["--frame-ancestors", bad])
+                .err()
+                .unwrap_or_else(|| panic!("expected {bad:?} to be refused"));
+            assert!(
+                err.to_string()
+                    .contains("--frame-ancestors must be a CSP source list"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
  *
  * Plain script, no build step, no external resources. It runs under the gateway's CSP
  * (default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;
- * connect-src 'self'; frame-ancestors 'self'), so: no inline scripts, no style attributes;
+ * connect-src 'self'; frame-ancestors from the configuration), so: no inline scripts, no style attributes;
  * dynamic values go through classes, `hidden`, and CSS custom properties set with
  * el.style.setProperty (CSSOM, which CSP allows).
  *
@@ -11,6 +11,21 @@
  *   provider  start linking this app at once (`/?provider=whatsapp`); otherwise show the picker
  *   token     connect token, passed on to the WebSocket as `?token=`
  *   origin    the embedding page's origin (`https://app.example.com`); see "Messages to the host"
+ *   embed     `1`: embedded mode, framed by /qrlink.js (needs `origin`); see "Embedded mode"
+ *
+ * Embedded mode (`?embed=1&origin=…`, and framed; what /qrlink.js shows in its modal)
+ *   - Nothing starts until the host says `start` (it brings the connect token, so the token
+ *     stays out of the frame's URL); the page says `ready` first, once config.json is in.
+ *   - With `provider` in the URL there is no picker and no "Choose another app"; without it,
+ *     the picker as usual. "Link another account" is hidden (the host closes the modal on
+ *     success), and so is the demo banner's dashboard link (the banner itself stays).
+ *   - Choosing an app replaces the frame's history entry instead of adding one (the host's
+ *     Back button would otherwise step through the frame).
+ *   - No resume after a reload, and leaving the page (the host closing or destroying the
+ *     modal, which removes the frame) cancels the attempt instead of detaching it: nothing
+ *     would come back for it. Reconnecting after a network drop works as usual.
+ *   - Esc anywhere in the page asks the host to close the modal (`close`).
+ *   - html.is-embedded: style.css fits the card to a 360–480 px frame.
  *
  * Talks to (all same origin, resolved relative to this page so a path prefix works):
  *   GET  config.json                      protocol, demo flag, simulator path, providers,
@@ -95,8 +110,25 @@
  *     `account` is only {id, provider, name}; `state`, `result`, `detail` and `req_id` are
  *     left out (a result token is a credential for one use: only the named host gets it).
  *   Hosts should check event.data.source === "qrlink" and, when they can, event.origin.
- *   (frame-ancestors 'self' means only same-origin pages can frame this page; a popup
- *   opened by window.open works from any origin.)
+ *   (Who may frame this page is the CSP's frame-ancestors: QRLINK_FRAME_ANCESTORS, or 'self'
+ *   and QRLINK_ALLOWED_ORIGINS; a popup opened by window.open works from any origin.)
+ *
+ *   Only to a host named by `?origin=` (never to "*"), the page also says, all with
+ *   {source:"qrlink", version:1, provider, session}:
+ *     {type:"ready", demo, token_required}  embedded mode: loaded, waiting for `start`
+ *     {type:"qr", rotation, expires_at}      a new code is on screen (never its contents, and
+ *                                            no resume token); not for a replay
+ *     {type:"checkpoint", kind}              the app asks for more: kind is the checkpoint's
+ *                                            type ("2FA", "OTP", …)
+ *     {type:"resumed", phase}                re-attached after a drop ("qr" | "checkpoint")
+ *     {type:"exited"}                        embedded mode: the answer to `exit`, after the
+ *                                            attempt was cancelled
+ *     {type:"close"}                         embedded mode: Esc pressed in the page
+ *   What the host may say (embedded mode; accepted only from window.parent at `origin`):
+ *     {source:"qrlink-host", version:1, type:"start", token}  begin (the connect token, or null)
+ *     {source:"qrlink-host", version:1, type:"exit"}          cancel the attempt, say `exited`
+ *     {source:"qrlink-host", version:1, type:"focus", at}     focus the "first" or "last"
+ *                                                              control (the host's focus trap)
  *
  * The QR SVG comes from the gateway; it is still parsed as image/svg+xml with DOMParser,
  * reduced to a short allowlist of elements and attributes, then imported: never innerHTML.
@@ -271,8 +303,13 @@
   };
 
   const params = new URLSearchParams(window.location.search);
-  const token = params.get('token');
+  /** The connect token: from the URL, or in embedded mode from the host's `start` message. */
+  let token = params.get('token');
   const hostOrigin = parseOrigin(params.get('origin'));
+  /** Embedded mode: framed by qrlink.js (see "Embedded mode" at the top of this file). */
+  const embedded = params.get('embed') === '1' && hostOrigin !== null && window.parent !== window;
+  /** In embedded mode, the provider the host asked for: then there is no picker to go back to. */
+  const fixedProvider = embedded ? params.get('provider') : null;
   const reducedMotion = window.matchMedia('(prefers-reduced-motion: reduce)');
 
   let config = FALLBACK_CONFIG;
@@ -286,6 +323,10 @@
   let reconnectFrom = null;
   /** Re-attachments that worked in this page (main#app[data-resumes]). */
   let resumeCount = 0;
+  /** Embedded mode: whether the host's `start` has arrived (the page waits for it). */
+  let embedStarted = false;
+  /** The session of the current or last attempt, for the `exited` message. */
+  let lastSession = null;
   /** After close 4000: what "Continue here" resumes ({provider, token, session, phase}). */
   let elsewhere = null;
 
@@ -307,7 +348,7 @@
       view.hidden = !view.dataset.view.split(' ').some((v) => shown.includes(v));
     }
     // On the picker it is where you are; on success "Link another account" says it better.
-    ui.chooseAnotherNav.hidden = next === 'idle' || next === 'account';
+    ui.chooseAnotherNav.hidden = next === 'idle' || next === 'account' || fixedProvider !== null;
     ui.simulate.hidden = !(next === 'qr' && config.demo && config.simulator && ui.qr.dataset.expired !== 'true');
     const active = document.activeElement;
     const focusLost = !active || active === document.body || active.closest('[hidden]') !== null;
@@ -445,6 +486,15 @@
 
     swapQr(svg);
     startCountdown(a, frame.expires_at, known);
+    if (!replay) {
+      tellHost({
+        type: 'qr',
+        provider: p.id,
+        session: a.session,
+        rotation: rotation,
+        expires_at: typeof frame.expires_at === 'string' ? frame.expires_at : null,
+      });
+    }
 
     // The label is set once per code, not every second: a screen reader re-reads a changing label.
     ui.qr.setAttribute('aria-label', 'QR code ' + rotation + ' for ' + p.name + ', expires in ' +
@@ -518,6 +568,7 @@
     // A replay repeats the last frame; its `error` was about an answer given before the
     // connection was lost, possibly followed by another one that never arrived: ask afresh.
     const retry = !replay && frame.error && typeof frame.error === 'object';
+    if (!replay) tellHost({ type: 'checkpoint', provider: p.id, session: a.session, kind: type || null });
     if (replay) {
       setStatus('Reconnected. ' + p.name + ' still needs one more step.');
     } else if (retry) {
@@ -904,6 +955,7 @@
     }
     if (!frame || typeof frame !== 'object') return;
     if (typeof frame.session === 'string') a.session = frame.session;
+    if (a.session) lastSession = a.session;
     window.clearTimeout(a.slowTimer);
     if (a.reconnect) {
       // The first frame on a resumed socket: the attempt is attached again.
@@ -913,6 +965,12 @@
       if (frame.replay === true) {
         resumeCount += 1;
         ui.app.dataset.resumes = String(resumeCount);
+        tellHost({
+          type: 'resumed',
+          provider: a.provider.id,
+          session: a.session,
+          phase: frame.type === 'checkpoint' ? 'checkpoint' : 'qr',
+        });
       }
     }
     if ((frame.type === 'qr' || frame.type === 'checkpoint') && typeof frame.resume === 'string' && frame.resume) {
@@ -1437,6 +1495,54 @@
     }
   }
 
+  /**
+   * The messages only a named host gets (`ready`, `qr`, `checkpoint`, `resumed`, `exited`,
+   * `close`): never posted to "*". See "Messages to the host".
+   */
+  function tellHost(message) {
+    if (hostOrigin) notifyHost(message);
+  }
+
+  /**
+   * Embedded mode: what the host (qrlink.js) says, accepted only from the frame's parent at
+   * the origin named in the URL. See "Embedded mode" at the top of this file.
+   */
+  function onHostMessage(event) {
+    if (event.source !== window.parent || event.origin !== hostOrigin) return;
+    const m = event.data;
+    if (!m || typeof m !== 'object' || m.source !== 'qrlink-host' || m.version !== 1) return;
+    switch (m.type) {
+      case 'start':
+        if (embedStarted) return;
+        embedStarted = true;
+        if (typeof m.token === 'string' && m.token) token = m.token;
+        if (config.token_required && !token) {
+          ui.pickerNote.hidden = false;
+          ui.pickerNote.textContent = 'This page needs a personal link to work. If linking fails, ask for a new link.';
+        }
+        route();
+        break;
+      case 'exit':
+        // The host closes the modal: end the attempt (cancel), not detach it.
+        stopAttempt();
+        tellHost({ type: 'exited', provider: provider ? provider.id : null, session: lastSession });
+        break;
+      case 'focus':
+        focusEdge(m.at === 'last');
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** Focuses the first or last control on screen (the host's focus trap wraps into the frame). */
+  function focusEdge(last) {
+    const all = Array.from(document.querySelectorAll('a[href], button, input, summary, [tabindex="0"]'))
+      .filter((el) => !el.disabled && el.closest('[hidden]') === null && el.getClientRects().length > 0);
+    const target = last ? all[all.length - 1] : all[0];
+    (target || ui.title).focus();
+  }
+
   /** Accepts only a bare http(s) origin such as https://app.example.com. */
   function parseOrigin(value) {
     if (!value) return null;
@@ -1544,14 +1650,15 @@
     const p = providerById(id);
     if (!p) return;
     // A history entry per choice, so the Back button returns to the picker.
-    window.history.pushState({ provider: id }, '', pageUrl(id));
+    // Embedded, the frame's entries would be the host's Back button: replaced instead.
+    window.history[embedded ? 'replaceState' : 'pushState']({ provider: id }, '', pageUrl(id));
     start(p);
   }
 
   function backToPicker() {
     stopAttempt();
     if (new URLSearchParams(window.location.search).has('provider')) {
-      window.history.pushState({}, '', pageUrl(null));
+      window.history[embedded ? 'replaceState' : 'pushState']({}, '', pageUrl(null));
     }
     enterIdle();
     ui.providerList.querySelector('button')?.focus();
@@ -1575,7 +1682,14 @@
     await configured;
     ui.banner.hidden = !config.demo;
     buildPicker();
-    if (config.token_required && !token) {
+    if (embedded) {
+      // The host's modal has its own Close; after success it closes, so "Link another" would
+      // never be seen; the dashboard is the operator's, not for a framed page.
+      document.documentElement.classList.add('is-embedded');
+      ui.linkAnother.hidden = true;
+      ui.banner.querySelector('a')?.remove();
+    }
+    if (config.token_required && !token && !embedded) {
       ui.pickerNote.hidden = false;
       ui.pickerNote.textContent = 'This page needs a personal link to work. If linking fails, ask for a new link.';
     }
@@ -1614,7 +1728,9 @@
     else window.addEventListener('resize', resnap);
     // Leaving the page detaches a resumable attempt (a reload finds it again) and ends any
     // other at once; either way the gateway aborts the upstream poll.
-    window.addEventListener('pagehide', detachForUnload);
+    // Embedded, the page goes away when the host closes or destroys the modal: that ends the
+    // attempt (cancel), since nothing would come back to resume it.
+    window.addEventListener('pagehide', embedded ? stopAttempt : detachForUnload);
     // Back from the back/forward cache: the socket was closed on the way out, so the attempt
     // is resumed within the grace, and otherwise starts again with a fresh code.
     window.addEventListener('pageshow', (event) => {
@@ -1629,7 +1745,21 @@
       if (document.visibilityState === 'visible') retryResumeNow();
     });
 
-    if (!resumeFromStorage()) route();
+    if (embedded) {
+      window.addEventListener('message', onHostMessage);
+      // Esc closes the host's modal wherever the focus is, inside the frame too.
+      document.addEventListener('keydown', (event) => {
+        if (event.key === 'Escape' && !event.defaultPrevented) {
+          event.preventDefault();
+          tellHost({ type: 'close', provider: provider ? provider.id : null, session: lastSession });
+        }
+      });
+      // Nothing starts before the host's `start` (it brings the connect token), and a
+      // reload does not resume: the host's modal is a fresh start each time.
+      tellHost({ type: 'ready', provider: fixedProvider, session: null, demo: config.demo === true, token_required: config.token_required === true });
+    } else if (!resumeFromStorage()) {
+      route();
+    }
     ui.app.dataset.ready = 'true';
   }
 

@@ -7,11 +7,13 @@
 //! - [`api`]: `/api/*`, `/config.json`, `/readyz`.
 //! - [`auth`]: Origin allowlist, connect tokens, admin token, client address behind proxies.
 //! - [`assets`]: the embedded pages of `web/`.
+//! - [`embed`]: `/embed.json`, whether a site may frame the link page (`/qrlink.js` asks).
 
 pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod coalesce;
+pub mod embed;
 pub mod link_socket;
 pub mod upgrade;
 pub mod watch;
@@ -52,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws/link/{provider}", get(link_socket::link))
         .route("/ws/watch", get(watch::watch))
         .route("/config.json", get(api::page_config))
+        .route("/embed.json", get(embed::embed_json))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(admin)
@@ -109,7 +112,7 @@ async fn security_headers(
         let csp = format!(
             "{}; frame-ancestors {}",
             assets::CONTENT_SECURITY_POLICY,
-            state.config.frame_ancestors
+            state.config.frame_ancestors()
         );
         if let Ok(v) = HeaderValue::from_str(&csp) {
             headers.insert(header::CONTENT_SECURITY_POLICY, v);

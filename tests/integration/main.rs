@@ -11,6 +11,7 @@ mod autobahn;
 mod cancellation;
 mod cluster;
 mod dashboard_page;
+mod embed;
 mod hostile;
 mod http_api;
 mod link_flow;

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod browser;
+pub mod host_site;
 pub mod nginx;
 pub mod receiver;
 pub mod redis;
