@@ -113,8 +113,9 @@
  *   (Who may frame this page is the CSP's frame-ancestors: QRLINK_FRAME_ANCESTORS, or 'self'
  *   and QRLINK_ALLOWED_ORIGINS; a popup opened by window.open works from any origin.)
  *
- *   Only to a host named by `?origin=` (never to "*"), the page also says, all with
- *   {source:"qrlink", version:1, provider, session}:
+ *   In embedded mode only (so to the framing host named by `?origin=`, never to "*" nor to a
+ *   popup's opener), the page also says, all with {source:"qrlink", version:1, provider,
+ *   session}:
  *     {type:"ready", demo, token_required}  embedded mode: loaded, waiting for `start`
  *     {type:"qr", rotation, expires_at}      a new code is on screen (never its contents, and
  *                                            no resume token); not for a replay
@@ -1496,11 +1497,12 @@
   }
 
   /**
-   * The messages only a named host gets (`ready`, `qr`, `checkpoint`, `resumed`, `exited`,
-   * `close`): never posted to "*". See "Messages to the host".
+   * The messages of embedded mode (`ready`, `qr`, `checkpoint`, `resumed`, `exited`,
+   * `close`): only to the framing host named by `origin`, never to "*", and never to a
+   * popup's opener (which has only ever been told the outcome). See "Messages to the host".
    */
   function tellHost(message) {
-    if (hostOrigin) notifyHost(message);
+    if (embedded) notifyHost(message);
   }
 
   /**

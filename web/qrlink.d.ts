@@ -408,3 +408,140 @@ export interface StatsResponse {
   nodes: NodeStats[];
   total: NodeStats;
 }
+
+// ------------------------------------------------------------------------------------------
+// The drop-in script: /qrlink.js (classic script, `window.QrLink`) and /qrlink.mjs (ES module,
+// `export default QrLink` and `export { QrLink }`), one source. See the header of web/qrlink.js.
+
+/** Options of {@link QrLinkStatic.create}. */
+export interface QrLinkOptions {
+  /**
+   * The gateway's origin (a path prefix is kept), e.g. `"https://link.example.com"`. Default:
+   * where the script was loaded from (`<script src>` or the module's URL). Required when
+   * /qrlink.js is imported for its side effect rather than loaded by a tag.
+   */
+  gateway?: string;
+  /**
+   * A connect token minted by your backend (`qrlink token`, README). Needed when the gateway
+   * has QRLINK_TOKEN_SECRET. It reaches the framed page by postMessage, never in a URL.
+   */
+  token?: string;
+  /** Link this app at once; without it the page shows its picker. */
+  provider?: Provider;
+  /**
+   * Linked. Then the modal closes and `onExit(null)` follows. Send `meta.result` to your
+   * backend, which verifies it (or rely on the webhook); do not trust `account` alone.
+   */
+  onSuccess?(account: Account, meta: QrLinkSuccessMeta): void;
+  /**
+   * The modal closed: exactly once per `open()`. `error` is null after success and when the
+   * person closed it (Esc, the Close button, `exit()`, `destroy()`) with nothing gone wrong;
+   * otherwise the error the page was showing, or one of the script's own `embed/*` errors.
+   */
+  onExit?(error: QrLinkError | null, meta: QrLinkExitMeta): void;
+  /** What happens meanwhile, for analytics or your own UI. */
+  onEvent?<N extends QrLinkEventName>(name: N, data: QrLinkEventData[N]): void;
+}
+
+export interface QrLinkSuccessMeta {
+  /** The result token (connect tokens on): a JWT for your backend to verify; else null. */
+  result: string | null;
+  /** The connect token's `sub`, or null. */
+  state: string | null;
+  session: SessionId | null;
+  provider: Provider | null;
+}
+
+export interface QrLinkExitMeta {
+  /** The last attempt's session, or null when none started. */
+  session: SessionId | null;
+}
+
+/**
+ * Why the modal closed with an error. A gateway or upstream error code (`api/proxy_error`…;
+ * a timeout is `provider/timeout`), or the script's own:
+ * - `embed/forbidden`: the gateway does not let this origin frame its page (add the origin to
+ *   QRLINK_ALLOWED_ORIGINS, or to QRLINK_FRAME_ANCESTORS when that is set); also logged.
+ * - `embed/unreachable`: `{gateway}/embed.json` could not be read (wrong `gateway`, or down).
+ * - `embed/unavailable`: the framed page did not say `ready` in time.
+ */
+export interface QrLinkError {
+  code: ErrorCode | "provider/timeout" | "embed/forbidden" | "embed/unreachable" | "embed/unavailable";
+  message: string;
+  retryable: boolean;
+  /** The upstream's detail, when the gateway had one. */
+  detail?: string | null;
+  /** The upstream's request id, for support. */
+  req_id?: string | null;
+  /** `provider/timeout`: how many codes were shown. */
+  rotations?: number | null;
+}
+
+export type QrLinkEventName = keyof QrLinkEventData;
+
+/** Each event's data; every one also carries the session (null until there is one). */
+export interface QrLinkEventData {
+  /** `open()` was called: the modal is on screen. */
+  open: { session: SessionId | null; provider: Provider | null };
+  /** A new code is on screen; nothing of the code itself. */
+  qr: { session: SessionId | null; rotation: number; expires_at: Timestamp | null };
+  /** The app asks for more after the scan: `kind` is the checkpoint type ("2FA", "OTP"…). */
+  checkpoint: { session: SessionId | null; kind: string | null };
+  /** The page re-attached after its connection dropped. */
+  resumed: { session: SessionId | null; phase: "qr" | "checkpoint" };
+  /** The attempt failed; the modal stays open on the page's explanation (Retry may follow). */
+  error: { session: SessionId | null; error: QrLinkError };
+  /** Linked (before `onSuccess`). */
+  success: { session: SessionId | null; account: Account };
+  /** The modal closed (before `onExit`). */
+  exit: { session: SessionId | null; error: QrLinkError | null };
+}
+
+/** What {@link QrLinkStatic.create} returns. */
+export interface QrLinkHandle {
+  /** Shows the modal. Does nothing while it is open; after `destroy()`, warns and does nothing. */
+  open(): void;
+  /** Closes the modal as its Close button does: the attempt is cancelled, then `onExit`. */
+  exit(): void;
+  /**
+   * Removes everything at once: no element, listener, timer or socket is left, and a running
+   * attempt is cancelled (it ends in /api/sessions, it is not left detached). `onExit` fires
+   * if the modal was open. Idempotent.
+   */
+  destroy(): void;
+}
+
+export interface QrLinkStatic {
+  /** Checks the options (a TypeError names a bad one) and returns a closed handle. */
+  create(options?: QrLinkOptions): QrLinkHandle;
+  readonly version: 1;
+}
+
+/** `window.QrLink` (classic script), or the module's default export. */
+export declare const QrLink: QrLinkStatic;
+export default QrLink;
+
+/** What the framed page posts to the host (only to the origin named in its URL). */
+export type PageToHostMessage = { source: "qrlink"; version: 1; provider: Provider | null; session: SessionId | null } & (
+  | { type: "ready"; demo: boolean; token_required: boolean }
+  | { type: "qr"; rotation: number; expires_at: Timestamp | null }
+  | { type: "checkpoint"; kind: string | null }
+  | { type: "resumed"; phase: "qr" | "checkpoint" }
+  | { type: "account"; account: Account; state: string | null; result: string | null }
+  | { type: "timeout"; rotations: number | null }
+  | { type: "error"; code: ErrorCode | null; message: string | null; retryable: boolean; detail: string | null; req_id: string | null }
+  /** After `exit`: the attempt was cancelled. */
+  | { type: "exited" }
+  /** Esc was pressed in the page. */
+  | { type: "close" }
+);
+
+/** What the host (qrlink.js) posts to the framed page, to the gateway's origin only. */
+export type HostToPageMessage = { source: "qrlink-host"; version: 1 } & (
+  /** The answer to `ready`: begin, with this connect token. */
+  | { type: "start"; token: string | null; provider: Provider | null }
+  /** Cancel the attempt, then say `exited`. */
+  | { type: "exit" }
+  /** Focus the first or last control (the host's focus trap wrapping into the frame). */
+  | { type: "focus"; at: "first" | "last" }
+);

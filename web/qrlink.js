@@ -58,7 +58,8 @@
  * nothing; open() logs a warning and does nothing. open() while open does nothing.
  *
  * Messages (window.postMessage; each side checks event.origin and event.source)
- *   page → host (sent only to the `origin` named in the frame's URL): {source: 'qrlink',
+ *   page → host (sent only to the `origin` named in the frame's URL, and these event messages
+ *     only in embedded mode): {source: 'qrlink',
  *     version: 1, type, session, provider, …} with type one of
  *     'ready' {demo, token_required} · 'qr' {rotation, expires_at} · 'checkpoint' {kind} ·
  *     'resumed' {phase} · 'account' {account, state, result} · 'timeout' {rotations} ·
