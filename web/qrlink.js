@@ -194,6 +194,11 @@ var QrLink = (function () {
 
     /** The modal: overlay > dialog > [sentinel, bar (title, Close), frame slot, sentinel]. */
     function build(r) {
+      // The framed page follows prefers-color-scheme; the dialog's bar matches it.
+      var dark = typeof window.matchMedia === 'function' && window.matchMedia('(prefers-color-scheme: dark)').matches;
+      var theme = dark
+        ? { scheme: 'dark', card: '#171b21', text: '#e7e9ec', muted: '#9ba4ae', border: '#2a3038' }
+        : { scheme: 'light', card: '#ffffff', text: '#1b1f24', muted: '#59616b', border: '#e2e5e9' };
       var overlay = document.createElement('div');
       overlay.setAttribute('data-qrlink', 'overlay');
       css(overlay, {
@@ -209,19 +214,20 @@ var QrLink = (function () {
       css(dialog, {
         position: 'relative', display: 'flex', 'flex-direction': 'column',
         width: '100%', 'max-width': '480px', height: '100%', 'max-height': '760px',
-        background: '#ffffff', color: '#1b1f24', 'border-radius': '14px', overflow: 'hidden',
+        background: theme.card, color: theme.text, 'color-scheme': theme.scheme,
+        'border-radius': '14px', overflow: 'hidden',
         'box-shadow': '0 24px 64px rgba(0, 0, 0, 0.35)',
         font: '500 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif',
       });
       var bar = document.createElement('div');
       css(bar, {
         display: 'flex', 'align-items': 'center', 'justify-content': 'space-between',
-        gap: '8px', padding: '6px 6px 6px 16px', 'border-bottom': '1px solid #e3e6ea',
+        gap: '8px', padding: '6px 6px 6px 16px', 'border-bottom': '1px solid ' + theme.border,
         flex: 'none',
       });
       var title = document.createElement('span');
       title.textContent = 'Link an account';
-      css(title, { color: '#5b6470' });
+      css(title, { color: theme.muted });
       var close = document.createElement('button');
       close.type = 'button';
       close.setAttribute('aria-label', 'Close');
@@ -229,7 +235,7 @@ var QrLink = (function () {
       close.textContent = '\u00d7';
       css(close, {
         width: '36px', height: '36px', border: '0', 'border-radius': '8px', background: 'transparent',
-        color: '#1b1f24', font: '400 26px/1 system-ui, sans-serif', cursor: 'pointer', padding: '0',
+        color: theme.text, font: '400 26px/1 system-ui, sans-serif', cursor: 'pointer', padding: '0',
       });
       close.addEventListener('click', function () {
         if (run === r) exitRun(r);
@@ -240,7 +246,7 @@ var QrLink = (function () {
       spinner.setAttribute('aria-hidden', 'true');
       spinner.setAttribute('data-qrlink', 'loading');
       spinner.textContent = 'Loading…';
-      css(spinner, { margin: 'auto', color: '#5b6470' });
+      css(spinner, { margin: 'auto', color: theme.muted });
       slot.append(spinner);
       bar.append(title, close);
       var start = sentinel(r, 'start');
@@ -392,7 +398,8 @@ var QrLink = (function () {
           emit(r, 'resumed', { phase: m.phase });
           break;
         case 'account':
-          if (r.phase !== 'live') return;
+          // Also while closing: linked just as the person closed the modal is still linked.
+          if (r.phase !== 'live' && r.phase !== 'closing') return;
           r.error = null;
           emit(r, 'success', { account: m.account });
           call('onSuccess', [m.account, { result: m.result || null, state: m.state || null, session: r.session, provider: m.provider || provider }]);

@@ -7,6 +7,8 @@
 //! see what qrlink.js leaves behind; `host.js` makes one `QrLink.create` from the page's query
 //! (`token`, `provider`, `gateway`) and logs every callback to `window.__log`.
 
+use std::time::Duration;
+
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use fantoccini::{Client, Locator};
@@ -112,6 +114,73 @@ async fn a_host_on_another_origin_links_an_account_and_gets_a_result_token_that_
             let exit = log.iter().find(|e| e["cb"] == "exit").unwrap();
             assert_eq!(exit["error"], Value::Null, "{exit}");
             assert_eq!(exit["meta"]["session"], success["meta"]["session"]);
+            page.assert_nothing_left().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn telegrams_password_step_is_a_checkpoint_event_and_is_answered_inside_the_modal() {
+    let site = Site::start(true).await;
+    let token = connect_token("user-11");
+    run(
+        "telegrams_password_step_is_a_checkpoint_event_and_is_answered_inside_the_modal",
+        async |page| {
+            page.goto(&site.host(&format!("/?provider=telegram&token={token}")))
+                .await;
+            page.click("#open").await;
+            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+                .await;
+            let intent = site.gw.sim().intent_ids().pop().expect("an intent");
+            site.gw
+                .sim()
+                .scan(&intent)
+                .expect("the simulator takes the scan");
+            page.wait_log(
+                "the checkpoint event",
+                "e.cb === 'event' && e.name === 'checkpoint' && e.data.kind === '2FA'",
+            )
+            .await;
+            in_frame(page, async |frame| {
+                wait_in(
+                    frame,
+                    "the password form",
+                    "return document.getElementById('app').dataset.state === 'checkpoint'",
+                )
+                .await;
+                let password = site
+                    .gw
+                    .state
+                    .demo_twofa_password
+                    .clone()
+                    .expect("a demo password");
+                let input = frame.find(Locator::Css("#twofa-code")).await.unwrap();
+                input.send_keys(&password).await.unwrap();
+                frame
+                    .find(Locator::Css("#twofa-submit"))
+                    .await
+                    .unwrap()
+                    .click()
+                    .await
+                    .unwrap();
+            })
+            .await;
+            page.wait_log("onExit", "e.cb === 'exit'").await;
+            let names: Vec<String> = page.log().await.iter().map(entry_name).collect();
+            assert_eq!(
+                names,
+                [
+                    "event:open",
+                    "event:qr",
+                    "event:checkpoint",
+                    "event:success",
+                    "success",
+                    "event:exit",
+                    "exit"
+                ],
+                "every step in order, onExit last"
+            );
             page.assert_nothing_left().await;
         },
     )
@@ -292,6 +361,43 @@ async fn a_host_origin_the_gateway_does_not_allow_gets_embed_forbidden_and_one_c
     )
     .await;
     assert!(site.sessions().await.is_empty(), "no attempt was started");
+}
+
+#[tokio::test]
+async fn a_frame_that_never_says_ready_ends_in_embed_unavailable() {
+    let site = Site::start(true).await;
+    run(
+        "a_frame_that_never_says_ready_ends_in_embed_unavailable",
+        async |page| {
+            // A "gateway" that answers embed.json but whose page is not the link page.
+            let gateway = site.host.origin();
+            page.goto(&site.host(&format!("/?provider=whatsapp&gateway={gateway}")))
+                .await;
+            page.click("#open").await;
+            // qrlink.js gives the frame 15 s; a bounded wait a little longer than that.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while page.exits().await == 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "expected onExit after the ready timeout; the page is {}",
+                    page.describe().await
+                );
+                tokio::time::sleep(browser::POLL * 5).await;
+            }
+            let exit = page
+                .log()
+                .await
+                .into_iter()
+                .find(|e| e["cb"] == "exit")
+                .unwrap();
+            assert_eq!(exit["error"]["code"], "embed/unavailable", "{exit}");
+            page.assert_nothing_left().await;
+            let errors: Vec<String> = page.js("return __probe.errors").await;
+            assert_eq!(errors.len(), 1, "one console line: {errors:?}");
+            assert!(errors[0].contains("did not answer"), "{errors:?}");
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -531,10 +637,13 @@ impl Site {
                     ),
                 ),
                 ("/host.css", "text/css", HOST_CSS.to_owned()),
+                // For the test whose `gateway` is this site: it allows embedding but its page
+                // never says `ready`.
+                ("/embed.json", "application/json", r#"{"allowed":true}"#.to_owned()),
             ],
             // As strict as an app's: the widget may use only what this allows.
             &format!(
-                "default-src 'self'; script-src 'self' {gateway}; connect-src {gateway}; \
+                "default-src 'self'; script-src 'self' {gateway}; connect-src 'self' {gateway}; \
                  frame-src {gateway}; style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'"
             ),
         );
