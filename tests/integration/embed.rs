@@ -19,6 +19,7 @@ use crate::common::DemoGateway;
 use crate::common::WAIT;
 use crate::common::browser::{self, Page, PageKind};
 use crate::common::host_site::HostSite;
+use crate::common::tcp_proxy::TcpProxy;
 
 const SECRET: &str = "embed-test-token-secret";
 
@@ -182,6 +183,44 @@ async fn telegrams_password_step_is_a_checkpoint_event_and_is_answered_inside_th
                 "every step in order, onExit last"
             );
             page.assert_nothing_left().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_resumed_inside_the_modal_and_reported_as_resumed() {
+    let site = Site::start_with(true, true).await;
+    let token = connect_token("user-12");
+    run(
+        "a_dropped_connection_is_resumed_inside_the_modal_and_reported_as_resumed",
+        async |page| {
+            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}")))
+                .await;
+            page.click("#open").await;
+            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+                .await;
+            let cut = site.proxy.as_ref().unwrap().cut();
+            assert!(cut >= 1, "expected the frame's socket to be cut, {cut} were open");
+            page.wait_log(
+                "the resumed event",
+                "e.cb === 'event' && e.name === 'resumed' && e.data.phase === 'qr'",
+            )
+            .await;
+            assert_eq!(page.exits().await, 0, "a resumed attempt keeps the modal open");
+            let intents = site.gw.sim().intent_ids();
+            assert_eq!(intents.len(), 1, "one intent across the cut: {intents:?}");
+            site.gw.sim().scan(&intents[0]).expect("the simulator takes the scan");
+            page.wait_log("onExit", "e.cb === 'exit'").await;
+            let names: Vec<String> = page.log().await.iter().map(entry_name).collect();
+            assert!(
+                names.ends_with(&["event:success".into(), "success".into(), "event:exit".into(), "exit".into()]),
+                "{names:?}"
+            );
+            let sessions: Vec<String> = page
+                .js("return [...new Set(__log.filter((e) => e.cb === 'event' && e.data.session).map((e) => e.data.session))]")
+                .await;
+            assert_eq!(sessions.len(), 1, "one session throughout: {sessions:?}");
         },
     )
     .await;
@@ -591,24 +630,31 @@ async fn docs_screenshot(page: &Page, name: &str) {
 struct Site {
     gw: DemoGateway,
     host: HostSite,
+    /// When the browser reaches the gateway through a proxy that can cut its connections.
+    proxy: Option<TcpProxy>,
 }
 
 impl Site {
     /// `allowed`: whether the gateway lets the host's origin embed its page.
     async fn start(allowed: bool) -> Site {
-        Self::start_with(allowed, &[]).await
+        Self::start_with(allowed, false).await
     }
 
-    async fn start_with(allowed: bool, extra: &[&str]) -> Site {
+    /// `proxied`: the browser (the host page, qrlink.js and the frame) reaches the gateway
+    /// only through a [`TcpProxy`].
+    async fn start_with(allowed: bool, proxied: bool) -> Site {
         let mut host = HostSite::bind().await;
         let origin = host.origin();
         let mut args = vec!["--token-secret", SECRET, "--resume-grace", "120s"];
         if allowed {
             args.extend(["--allowed-origins", &origin]);
         }
-        args.extend_from_slice(extra);
         let gw = DemoGateway::start_with("30s", 5, &args).await;
-        let gateway = format!("http://{}", gw.addr);
+        let proxy = match proxied {
+            true => Some(TcpProxy::start(gw.addr).await),
+            false => None,
+        };
+        let gateway = format!("http://{}", proxy.as_ref().map_or(gw.addr, |p| p.addr));
         let page = |module: bool| {
             let scripts = if module {
                 "<script src=\"/host.js\" defer></script>\n  <script type=\"module\" src=\"/module.js\"></script>".to_owned()
@@ -647,15 +693,19 @@ impl Site {
                  frame-src {gateway}; style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'"
             ),
         );
-        Site { gw, host }
+        Site { gw, host, proxy }
     }
 
     fn host(&self, path_and_query: &str) -> String {
         self.host.url(path_and_query)
     }
 
+    /// The gateway's origin as the browser sees it.
     fn gateway(&self) -> String {
-        format!("http://{}", self.gw.addr)
+        format!(
+            "http://{}",
+            self.proxy.as_ref().map_or(self.gw.addr, |p| p.addr)
+        )
     }
 
     /// The open sessions, as `/api/sessions` lists them (attached or detached).
