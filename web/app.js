@@ -3,9 +3,9 @@
  *
  * Plain script, no build step, no external resources. It runs under the gateway's CSP
  * (default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;
- * connect-src 'self'; frame-ancestors from the configuration), so: no inline scripts, no style attributes;
- * dynamic values go through classes, `hidden`, and CSS custom properties set with
- * el.style.setProperty (CSSOM, which CSP allows).
+ * connect-src 'self'; frame-ancestors from the configuration), so: no inline scripts, no
+ * style attributes; dynamic values go through classes, `hidden`, and CSS custom properties
+ * set with el.style.setProperty (CSSOM, which CSP allows).
  *
  * URL parameters
  *   provider  start linking this app at once (`/?provider=whatsapp`); otherwise show the picker

@@ -8,7 +8,7 @@
  *
  * Plain script, no build step, no dependency. One source, two forms:
  *   - Classic script: <script src="https://link.example.com/qrlink.js"></script> defines
- *     window.QrLink. `gateway` then defaults to the origin this file was loaded from.
+ *     window.QrLink. `gateway` then defaults to where this file was loaded from.
  *     `import('https://link.example.com/qrlink.js')` also works (an import for its side
  *     effect: it sets globalThis.QrLink), but then `gateway` must be given.
  *   - ES module: `import QrLink from 'https://link.example.com/qrlink.mjs'` (also
@@ -17,6 +17,10 @@
  *     `export default QrLink; export { QrLink };` after it, and the module form leaves
  *     window alone. Both are served with Access-Control-Allow-Origin: *.
  * Typed in /qrlink.d.ts (QrLinkOptions, QrLinkHandle, QrLinkError, and the messages below).
+ *
+ * A host page with a CSP of its own lets the gateway in three places: script-src (this
+ * file), connect-src (embed.json) and frame-src (the page). The modal is styled through the
+ * CSSOM (element.style), which style-src does not restrict, so it needs no 'unsafe-inline'.
  *
  * What open() does
  *   1. Shows the modal at once (role=dialog, aria-modal, labelled; a visible Close button),
@@ -58,8 +62,7 @@
  * nothing; open() logs a warning and does nothing. open() while open does nothing.
  *
  * Messages (window.postMessage; each side checks event.origin and event.source)
- *   page → host (sent only to the `origin` named in the frame's URL, and these event messages
- *     only in embedded mode): {source: 'qrlink',
+ *   page → host (only to the `origin` named in the frame's URL): {source: 'qrlink',
  *     version: 1, type, session, provider, …} with type one of
  *     'ready' {demo, token_required} · 'qr' {rotation, expires_at} · 'checkpoint' {kind} ·
  *     'resumed' {phase} · 'account' {account, state, result} · 'timeout' {rotations} ·
@@ -79,16 +82,19 @@ var QrLink = (function () {
   var EXIT_ACK_MS = 1500;
   var Z_INDEX = '2147483000';
 
-  /** Where this file came from: the default gateway. */
-  var scriptOrigin = (function () {
+  /**
+   * The folder this file came from (https://link.example.com/, or …/prefix/ behind a proxy
+   * that mounts the gateway under a path): the default gateway.
+   */
+  var scriptBase = (function () {
     try {
-      if (typeof QRLINK_MODULE_URL === 'string') return new URL(QRLINK_MODULE_URL).origin;
+      if (typeof QRLINK_MODULE_URL === 'string') return new URL('./', QRLINK_MODULE_URL).href;
     } catch (err) {
       // fall through
     }
     try {
       var s = typeof document !== 'undefined' ? document.currentScript : null;
-      if (s && s.src) return new URL(s.src, document.baseURI).origin;
+      if (s && s.src) return new URL('./', new URL(s.src, document.baseURI)).href;
     } catch (err) {
       // fall through
     }
@@ -96,7 +102,7 @@ var QrLink = (function () {
   })();
 
   function parseGateway(value) {
-    var text = value == null ? scriptOrigin : String(value);
+    var text = value == null ? scriptBase : String(value);
     if (!text) {
       throw new TypeError('QrLink.create: `gateway` is required (the origin of your qrlink gateway, e.g. "https://link.example.com") when qrlink.js is imported rather than loaded by a <script> tag');
     }
