@@ -192,7 +192,7 @@ async fn telegrams_password_step_is_a_checkpoint_event_and_is_answered_inside_th
 
 #[tokio::test]
 async fn a_dropped_connection_is_resumed_inside_the_modal_and_reported_as_resumed() {
-    let site = Site::start_with(true, true).await;
+    let site = Site::start_with(true, true, &[]).await;
     let token = connect_token("user-12");
     run(
         "a_dropped_connection_is_resumed_inside_the_modal_and_reported_as_resumed",
@@ -409,6 +409,35 @@ async fn a_host_origin_the_gateway_does_not_allow_gets_embed_forbidden_and_one_c
     )
     .await;
     assert!(site.sessions().await.is_empty(), "no attempt was started");
+}
+
+#[tokio::test]
+async fn qrlink_frame_ancestors_alone_lets_a_site_embed_the_page_verbatim() {
+    // Not an allowed origin (its pages could not open link sockets themselves), but the
+    // operator's source list lets any loopback port frame the page, whose socket is the
+    // gateway's own.
+    let site = Site::start_with(
+        false,
+        false,
+        &["--frame-ancestors", "'self' http://127.0.0.1:*"],
+    )
+    .await;
+    let token = connect_token("user-13");
+    run(
+        "qrlink_frame_ancestors_alone_lets_a_site_embed_the_page_verbatim",
+        async |page| {
+            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}")))
+                .await;
+            page.click("#open").await;
+            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+                .await;
+            page.js::<Value>("__link.exit(); return null").await;
+            page.wait_log("onExit(null)", "e.cb === 'exit' && e.error === null")
+                .await;
+            site.wait_for_no_session().await;
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -651,18 +680,19 @@ struct Site {
 impl Site {
     /// `allowed`: whether the gateway lets the host's origin embed its page.
     async fn start(allowed: bool) -> Site {
-        Self::start_with(allowed, false).await
+        Self::start_with(allowed, false, &[]).await
     }
 
     /// `proxied`: the browser (the host page, qrlink.js and the frame) reaches the gateway
-    /// only through a [`TcpProxy`].
-    async fn start_with(allowed: bool, proxied: bool) -> Site {
+    /// only through a [`TcpProxy`]. `extra`: more gateway flags.
+    async fn start_with(allowed: bool, proxied: bool, extra: &[&str]) -> Site {
         let mut host = HostSite::bind().await;
         let origin = host.origin();
         let mut args = vec!["--token-secret", SECRET, "--resume-grace", "120s"];
         if allowed {
             args.extend(["--allowed-origins", &origin]);
         }
+        args.extend_from_slice(extra);
         let gw = DemoGateway::start_with("30s", 5, &args).await;
         let proxy = match proxied {
             true => Some(TcpProxy::start(gw.addr).await),
