@@ -10,7 +10,7 @@
 //!   detached). Its TTL is the attempt's longest life plus the grace while attached, the grace
 //!   once detached; an ended session's hash is deleted.
 //! - the directory `{prefix}sessions` (a set of ids), for `GET /api/sessions` on any node;
-//! - `{prefix}node:{id}`, a heartbeat with a 3 s TTL: a node whose key is gone is dead and its
+//! - `{prefix}node:{id}`, a heartbeat with a 2 s TTL: a node whose key is gone is dead and its
 //!   sessions are resumable anywhere;
 //! - `{prefix}stats`, a hash with each node's dashboard numbers ([`super::stats`]) as a field,
 //!   written with every heartbeat; a dead node's field goes when a dashboard next reads;
@@ -47,9 +47,12 @@ use super::{Denied, Outcome, Phase, SessionInfo, WatchEvent};
 use crate::link::protocol::{Envelope, ServerFrame};
 use crate::link::{Cursor, LinkRequest, QrFormats, Resume};
 
-/// A node's heartbeat lives this long; it is renewed every [`HEARTBEAT_EVERY`].
-const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A node's heartbeat lives this long; it is renewed every [`HEARTBEAT_EVERY`]: a node that
+/// misses three renewals in a row is taken for dead. A resume that lands while a killed node's
+/// heartbeat still lives waits for it to go (the node cannot hand the session over), so this is
+/// most of the time a kill -9 costs the pages (benches/README "Cluster": drop → replay).
+const HEARTBEAT_TTL: Duration = Duration::from_secs(2);
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// How long a node waits for another node's ack (a handoff or a cancel).
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a blocking pop of the command list waits before it looks at shutdown again.
