@@ -12,6 +12,7 @@ mod cancellation;
 mod cluster;
 mod dashboard_page;
 mod embed;
+mod examples;
 mod hostile;
 mod http_api;
 mod link_flow;
