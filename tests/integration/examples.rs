@@ -428,6 +428,18 @@ fn the_readme_embed_section_quotes_the_example_verbatim() {
             quoted += 1;
         }
     }
+    // The two terminals' commands: the first is what the app prints with its defaults.
+    let defaults = app::Settings {
+        listen: "127.0.0.1:4000".parse().unwrap(),
+        gateway: "http://127.0.0.1:3000".to_owned(),
+        token_secret: app::DEMO_TOKEN_SECRET.to_owned(),
+        webhook_secret: app::DEMO_WEBHOOK_SECRET.to_owned(),
+    };
+    let command = format!("\n{}\ncargo run --example app ", defaults.gateway_command());
+    assert!(
+        section.contains(&command),
+        "expected the section to show:{command}"
+    );
     assert!(
         quoted >= 3,
         "expected the section to quote the example, found {quoted} snippets"
