@@ -71,6 +71,8 @@ impl Settings {
     pub fn from_env() -> Result<Settings, String> {
         let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
         let listen = var("APP_LISTEN", "127.0.0.1:4000");
+        let webhook_secret = var("QRLINK_WEBHOOK_SECRET", DEMO_WEBHOOK_SECRET);
+        webhook_key(&webhook_secret)?;
         Ok(Settings {
             listen: listen.parse().map_err(|_| {
                 format!("APP_LISTEN={listen:?} is not an address like 127.0.0.1:4000")
@@ -79,7 +81,7 @@ impl Settings {
                 .trim_end_matches('/')
                 .to_owned(),
             token_secret: var("QRLINK_TOKEN_SECRET", DEMO_TOKEN_SECRET),
-            webhook_secret: var("QRLINK_WEBHOOK_SECRET", DEMO_WEBHOOK_SECRET),
+            webhook_secret,
         })
     }
 
@@ -156,29 +158,23 @@ pub async fn check_gateway(gateway: &str) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = match Settings::from_env() {
-        Ok(settings) => settings,
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("app: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let settings = Settings::from_env()?;
     println!("Start the gateway in demo mode (another terminal, in the repository):\n");
     println!("  {}\n", settings.gateway_command());
-    if let Err(e) = check_gateway(&settings.gateway).await {
-        eprintln!("app: {e}");
-        return ExitCode::FAILURE;
-    }
-    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!(
-                "app: cannot listen on {} ({e}); set APP_LISTEN",
-                settings.listen
-            );
-            return ExitCode::FAILURE;
-        }
-    };
+    check_gateway(&settings.gateway).await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} ({e}); set APP_LISTEN", settings.listen))?;
     println!(
         "Gateway found at {}. Open {}/",
         settings.gateway,
@@ -187,13 +183,9 @@ async fn main() -> ExitCode {
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match serve(listener, settings, stop).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("app: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    serve(listener, settings, stop)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Serves the app on `listener` until `stop` completes.

@@ -58,7 +58,7 @@ $('login').addEventListener('submit', async (event) => {
 
 // Steps 1 to 3: a connect token from our backend, the gateway's modal, the result token back
 // to our backend to verify.
-async function link(provider) {
+async function linkAccount(provider) {
   say('');
   if (!window.QrLink) {
     say(`qrlink.js did not load from ${GATEWAY}: is the gateway running?`);
@@ -85,7 +85,7 @@ async function link(provider) {
 }
 
 for (const button of document.querySelectorAll('button[data-provider]')) {
-  button.addEventListener('click', () => link(button.dataset.provider).catch((e) => say(e.message)));
+  button.addEventListener('click', () => linkAccount(button.dataset.provider).catch((e) => say(e.message)));
 }
 
 refresh();

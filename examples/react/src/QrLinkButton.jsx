@@ -32,7 +32,8 @@ export function loadQrLink(gateway) {
  * are qrlink.js's callbacks. Unmounting closes the modal and leaves nothing behind.
  */
 export function QrLinkButton({ gateway, token, provider, onSuccess, onExit, onEvent, children, ...rest }) {
-  const link = useRef(null);
+  const link = useRef(null); // the open link's handle
+  const busy = useRef(false); // from the click until the modal has closed
   const mounted = useRef(true);
   useEffect(() => {
     mounted.current = true;
@@ -44,8 +45,8 @@ export function QrLinkButton({ gateway, token, provider, onSuccess, onExit, onEv
   }, []);
 
   async function open() {
-    if (link.current) return; // already open
-    link.current = 'opening';
+    if (busy.current) return;
+    busy.current = true;
     try {
       const [QrLink, connectToken] = await Promise.all([
         loadQrLink(gateway),
@@ -57,12 +58,13 @@ export function QrLinkButton({ gateway, token, provider, onSuccess, onExit, onEv
         onExit(error, meta) {
           link.current?.destroy();
           link.current = null;
+          busy.current = false;
           onExit?.(error, meta);
         },
       });
       link.current.open();
     } catch (error) {
-      link.current = null;
+      busy.current = false;
       onExit?.(error, { session: null });
     }
   }
