@@ -287,6 +287,7 @@ async fn the_app_says_clearly_when_the_gateway_is_missing_or_signs_no_result_tok
 #[tokio::test]
 async fn the_example_page_links_an_account_and_its_backend_verifies_the_result_and_the_webhook() {
     let ex = Example::start().await;
+    let mut shown_account = String::new();
     run(
         "the_example_page_links_an_account_and_its_backend_verifies_the_result_and_the_webhook",
         async |page| {
@@ -314,7 +315,8 @@ async fn the_example_page_links_an_account_and_its_backend_verifies_the_result_a
             .await;
             assert_eq!(page.count("#accounts li").await, 1);
             let text = page.text("#accounts li").await;
-            assert!(text.contains("@demo_user (whatsapp)"), "got {text:?}");
+            assert!(text.contains("(whatsapp)"), "got {text:?}");
+            shown_account = page.attr("#accounts li", "data-account-id").await;
             assert_eq!(page.text("#message").await, "");
             let webhooks = page.text("#webhooks").await;
             assert!(
@@ -345,6 +347,7 @@ async fn the_react_example_builds_renders_and_links_an_account() {
         return;
     }
     let ex = Example::start().await;
+    let mut shown_account = String::new();
     run(
         "the_react_example_builds_renders_and_links_an_account",
         async |page| {
@@ -378,13 +381,18 @@ async fn the_react_example_builds_renders_and_links_an_account() {
             )
             .await;
             let text = page.text("#accounts li").await;
-            assert!(text.contains("@demo_user (whatsapp)"), "got {text:?}");
+            assert!(text.contains("(whatsapp)"), "got {text:?}");
+            shown_account = page.attr("#accounts li", "data-account-id").await;
             page.screenshot().await;
         },
     )
     .await;
     let status = ex.status().await;
     assert_eq!(status["counts"]["results_verified"], 1, "{status}");
+    assert_eq!(
+        status["accounts"]["grace"][0]["account_id"],
+        shown_account.as_str()
+    );
 }
 
 #[test]
