@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::common::browser::{self, Page, PageKind};
 use crate::common::{DemoGateway, WAIT, WsClient, free_port, qr_envelope, required_tool};
+use fantoccini::key::Key;
 
 #[path = "../../examples/app.rs"]
 #[allow(dead_code)] // its `main`: the tests start `serve` themselves
@@ -305,6 +306,26 @@ async fn the_example_page_links_an_account_and_its_backend_verifies_the_result_a
             )
             .await;
             assert_eq!(page.text("#user").await, "ada");
+            // Closed without a scan: onExit(null), and the gateway's link.abandoned webhook.
+            page.click("#link-telegram").await;
+            let frame = format!("iframe[src^='{}']", ex.gw.url("/"));
+            page.find(&frame).await.enter_frame().await.unwrap();
+            page.wait_js(
+                "the Telegram QR",
+                "return document.getElementById('app').dataset.state === 'qr'",
+            )
+            .await;
+            page.client.enter_parent_frame().await.unwrap();
+            page.press(Key::Escape).await;
+            page.wait_js(
+                "the link.abandoned webhook, and no modal",
+                "return document.getElementById('webhooks').textContent\
+                 .includes('link.abandoned (telegram)') && !document.querySelector('iframe')",
+            )
+            .await;
+            assert_eq!(page.text("#message").await, "", "Esc is no error");
+            assert_eq!(page.count("#accounts li").await, 0);
+
             page.click("#link-whatsapp").await;
             scan_in_the_modal(page, &ex).await;
             page.wait_js(
