@@ -4,8 +4,10 @@
 //! Two terminals (README, "Embed it in your app"); this program prints the first command:
 //!
 //! ```sh
-//! QRLINK_TOKEN_SECRET=… QRLINK_WEBHOOK_URL=http://127.0.0.1:4000/webhooks/qrlink \
-//!   QRLINK_WEBHOOK_SECRET=whsec_… QRLINK_ALLOWED_ORIGINS=http://127.0.0.1:4000 cargo run
+//! QRLINK_TOKEN_SECRET=… \
+//! QRLINK_WEBHOOK_URL=http://127.0.0.1:4000/webhooks/qrlink \
+//! QRLINK_WEBHOOK_SECRET=whsec_… \
+//! QRLINK_ALLOWED_ORIGINS=http://127.0.0.1:4000 cargo run
 //! cargo run --example app        # then open http://127.0.0.1:4000
 //! ```
 //!
@@ -101,8 +103,8 @@ impl Settings {
             }
         };
         format!(
-            "QRLINK_TOKEN_SECRET={} QRLINK_WEBHOOK_URL={}/webhooks/qrlink \
-             QRLINK_WEBHOOK_SECRET={} QRLINK_ALLOWED_ORIGINS={} cargo run",
+            "QRLINK_TOKEN_SECRET={} \\\nQRLINK_WEBHOOK_URL={}/webhooks/qrlink \\\n\
+             QRLINK_WEBHOOK_SECRET={} \\\nQRLINK_ALLOWED_ORIGINS={} cargo run",
             shown(&self.token_secret, DEMO_TOKEN_SECRET, "QRLINK_TOKEN_SECRET"),
             self.origin(),
             shown(
@@ -170,7 +172,7 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
     println!("Start the gateway in demo mode (another terminal, in the repository):\n");
-    println!("  {}\n", settings.gateway_command());
+    println!("{}\n", settings.gateway_command());
     check_gateway(&settings.gateway).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

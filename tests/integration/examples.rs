@@ -464,11 +464,12 @@ fn the_readme_embed_section_quotes_the_example_verbatim() {
         token_secret: app::DEMO_TOKEN_SECRET.to_owned(),
         webhook_secret: app::DEMO_WEBHOOK_SECRET.to_owned(),
     };
-    let command = format!("\n{}\ncargo run --example app ", defaults.gateway_command());
+    let command = format!("\n{}\n", defaults.gateway_command());
     assert!(
         section.contains(&command),
         "expected the section to show:{command}"
     );
+    assert!(section.contains("\ncargo run --example app\n"));
     assert!(
         quoted >= 3,
         "expected the section to quote the example, found {quoted} snippets"
@@ -591,7 +592,8 @@ fn gateway_flags(command: &str) -> Vec<String> {
     let vars = command
         .strip_suffix(" cargo run")
         .unwrap_or_else(|| panic!("expected the command to start the gateway: {command}"));
-    vars.split(' ')
+    // One `NAME=value` a line, each line but the last ending in ` \`.
+    vars.split(" \\\n")
         .flat_map(|pair| {
             let (name, value) = pair.split_once('=').expect("NAME=value");
             let name = name.strip_prefix("QRLINK_").expect("a QRLINK_ variable");
