@@ -285,6 +285,34 @@ async fn the_app_says_clearly_when_the_gateway_is_missing_or_signs_no_result_tok
     );
 }
 
+#[test]
+fn the_printed_command_shows_secrets_of_your_own_as_their_variables() {
+    let settings = app::Settings {
+        listen: "127.0.0.1:4100".parse().unwrap(),
+        gateway: "http://127.0.0.1:3000".to_owned(),
+        token_secret: "my-own-token-secret".to_owned(),
+        webhook_secret: "whsec_bXktb3duLXdlYmhvb2stc2VjcmV0".to_owned(),
+    };
+    let command = settings.gateway_command();
+    assert!(
+        !command.contains("my-own") && !command.contains("bXktb3du"),
+        "{command}"
+    );
+    assert_eq!(
+        gateway_flags(&command),
+        [
+            "--token-secret",
+            "\"$QRLINK_TOKEN_SECRET\"",
+            "--webhook-url",
+            "http://127.0.0.1:4100/webhooks/qrlink",
+            "--webhook-secret",
+            "\"$QRLINK_WEBHOOK_SECRET\"",
+            "--allowed-origins",
+            "http://127.0.0.1:4100",
+        ]
+    );
+}
+
 #[tokio::test]
 async fn the_example_page_links_an_account_and_its_backend_verifies_the_result_and_the_webhook() {
     let ex = Example::start().await;
