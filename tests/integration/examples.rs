@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
+use fantoccini::key::Key;
 use qrlink::link::protocol::ServerFrame;
 use serde_json::{Value, json};
 use standardwebhooks::Webhook;
@@ -20,7 +21,6 @@ use tokio::sync::oneshot;
 
 use crate::common::browser::{self, Page, PageKind};
 use crate::common::{DemoGateway, WAIT, WsClient, free_port, qr_envelope, required_tool};
-use fantoccini::key::Key;
 
 #[path = "../../examples/app.rs"]
 #[allow(dead_code)] // its `main`: the tests start `serve` themselves
@@ -314,11 +314,11 @@ fn the_printed_command_shows_secrets_of_your_own_as_their_variables() {
 }
 
 #[tokio::test]
-async fn the_example_page_links_an_account_and_its_backend_verifies_the_result_and_the_webhook() {
+async fn the_example_page_exits_on_esc_then_links_an_account_its_backend_verifies_twice() {
     let ex = Example::start().await;
     let mut shown_account = String::new();
     run(
-        "the_example_page_links_an_account_and_its_backend_verifies_the_result_and_the_webhook",
+        "the_example_page_exits_on_esc_then_links_an_account_its_backend_verifies_twice",
         async |page| {
             page.goto_until(
                 &ex.url("/"),
