@@ -277,6 +277,7 @@ fn router(app: Arc<App>) -> Router {
         )
         .route("/react/demo.js", get(react_bundle))
         .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
         .route("/api/me", get(me))
         .route("/api/connect-token", post(connect_token))
         .route("/api/link-result", post(link_result))
@@ -320,16 +321,21 @@ async fn react_bundle() -> Response {
     }
 }
 
-/// The signed-in user, from the session cookie.
-fn user(app: &App, headers: &HeaderMap) -> Result<String, Fail> {
-    let sid = headers
+/// The session cookie's value.
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("sid="));
+        .find_map(|c| c.trim().strip_prefix("sid="))
+}
+
+/// The signed-in user, from the session cookie.
+fn user(app: &App, headers: &HeaderMap) -> Result<String, Fail> {
     let db = app.db.lock().unwrap();
-    sid.and_then(|sid| db.sessions.get(sid).cloned())
+    session_id(headers)
+        .and_then(|sid| db.sessions.get(sid).cloned())
         .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "sign in first"))
 }
 
@@ -360,6 +366,15 @@ async fn login(State(app): State<Arc<App>>, Json(login): Json<Login>) -> Result<
         Json(json!({ "user": name })),
     )
         .into_response())
+}
+
+/// Signs out (every tab of this browser: their pages notice at their next look).
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(sid) = session_id(&headers) {
+        app.db.lock().unwrap().sessions.remove(sid);
+    }
+    let cookie = "sid=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0";
+    ([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()
 }
 
 /// What the page shows: the user, the gateway, the accounts the backend has verified.

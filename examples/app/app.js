@@ -56,6 +56,8 @@ $('login').addEventListener('submit', async (event) => {
   refresh();
 });
 
+$('sign-out').addEventListener('click', () => api('POST', '/api/logout').finally(refresh));
+
 // Steps 1 to 3: a connect token from our backend, the gateway's modal, the result token back
 // to our backend to verify.
 async function linkAccount(provider) {

@@ -336,14 +336,8 @@ async fn the_example_page_exits_on_esc_then_links_an_account_its_backend_verifie
             assert_eq!(page.text("#user").await, "ada");
             // Closed without a scan: onExit(null), and the gateway's link.abandoned webhook.
             page.click("#link-telegram").await;
-            let frame = format!("iframe[src^='{}']", ex.gw.url("/"));
-            page.find(&frame).await.enter_frame().await.unwrap();
-            page.wait_js(
-                "the Telegram QR",
-                "return document.getElementById('app').dataset.state === 'qr'",
-            )
-            .await;
-            page.client.enter_parent_frame().await.unwrap();
+            enter_modal(page, &ex).await;
+            leave_modal(page).await;
             page.press(Key::Escape).await;
             page.wait_js(
                 "the link.abandoned webhook, and no modal",
@@ -391,14 +385,14 @@ async fn the_example_page_exits_on_esc_then_links_an_account_its_backend_verifie
 }
 
 #[tokio::test]
-async fn the_react_example_builds_renders_and_links_an_account() {
+async fn the_react_example_builds_renders_links_an_account_and_unmounts_its_modal() {
     if !build_react_example().await {
         return;
     }
     let ex = Example::start().await;
     let mut shown_account = String::new();
     run(
-        "the_react_example_builds_renders_and_links_an_account",
+        "the_react_example_builds_renders_links_an_account_and_unmounts_its_modal",
         async |page| {
             // Signed in by the plain page (the session cookie is the app's, for both pages).
             page.goto_until(
@@ -433,6 +427,24 @@ async fn the_react_example_builds_renders_and_links_an_account() {
             assert!(text.contains("(whatsapp)"), "got {text:?}");
             shown_account = page.attr("#accounts li", "data-account-id").await;
             page.screenshot().await;
+
+            // Signed out by another tab while the modal is open: the button unmounts, and
+            // takes the modal and its attempt with it.
+            page.click("button#link").await;
+            enter_modal(page, &ex).await;
+            leave_modal(page).await;
+            page.js::<()>("fetch('/api/logout', { method: 'POST' }); return null")
+                .await;
+            page.wait_js(
+                "the demo signed out, with nothing of the modal left",
+                "return !document.querySelector('main') && document.body.textContent\
+                 .includes('sign in first') && !document.querySelector('iframe, [inert], \
+                 [role=dialog]')",
+            )
+            .await;
+            tokio::time::timeout(WAIT, ex.gw.state.store.wait_for_count(|n| n == 0))
+                .await
+                .expect("the attempt ends with the modal");
         },
     )
     .await;
@@ -645,9 +657,8 @@ fn trimmed_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// In the gateway's modal (an iframe of another origin): waits for the demo QR, presses
-/// "Simulate scan", and comes back to the host page.
-async fn scan_in_the_modal(page: &Page, ex: &Example) {
+/// Goes into the gateway's modal (an iframe of another origin) and waits for its QR.
+async fn enter_modal(page: &Page, ex: &Example) {
     let frame = format!("iframe[src^='{}']", ex.gw.url("/"));
     page.find(&frame)
         .await
@@ -655,17 +666,32 @@ async fn scan_in_the_modal(page: &Page, ex: &Example) {
         .await
         .unwrap_or_else(|e| panic!("cannot enter the modal's frame: {e}"));
     page.wait_js(
-        "the demo QR with its Simulate scan button",
+        "the modal's QR",
+        "return document.getElementById('app').dataset.state === 'qr'",
+    )
+    .await;
+}
+
+/// Back to the host page from the modal's frame.
+async fn leave_modal(page: &Page) {
+    page.client
+        .enter_parent_frame()
+        .await
+        .unwrap_or_else(|e| panic!("cannot leave the modal's frame: {e}"));
+}
+
+/// In the gateway's modal: presses the demo's "Simulate scan", and comes back to the host page.
+async fn scan_in_the_modal(page: &Page, ex: &Example) {
+    enter_modal(page, ex).await;
+    page.wait_js(
+        "the Simulate scan button",
         "const b = document.getElementById('simulate-scan');\
          return !!b && !b.hidden && b.getClientRects().length > 0",
     )
     .await;
     page.screenshot_as("modal").await;
     page.click("#simulate-scan").await;
-    page.client
-        .enter_parent_frame()
-        .await
-        .unwrap_or_else(|e| panic!("cannot leave the modal's frame: {e}"));
+    leave_modal(page).await;
 }
 
 /// `npm ci && npm run build` in `examples/react`; false (with the reason printed) when npm is

@@ -19,7 +19,11 @@ function Demo() {
   const [me, setMe] = useState(null);
   const [message, setMessage] = useState('');
   const verifying = useRef(Promise.resolve());
-  const refresh = () => api('GET', '/api/me').then(setMe, (e) => setMessage(e.message));
+  // Signed out (here or in another tab): the button unmounts, and with it any open modal.
+  const refresh = () => api('GET', '/api/me').then(setMe, (e) => {
+    setMe(null);
+    setMessage(e.message);
+  });
   useEffect(() => {
     refresh();
     // The webhook may come after the modal closed.
@@ -31,7 +35,10 @@ function Demo() {
   return (
     <main data-ready="true">
       <h1>React example</h1>
-      <p>Signed in as <b>{me.user}</b>.</p>
+      <p>
+        Signed in as <b>{me.user}</b>.{' '}
+        <button id="sign-out" onClick={() => api('POST', '/api/logout').finally(refresh)}>Sign out</button>
+      </p>
       <QrLinkButton
         id="link"
         gateway={me.gateway}
