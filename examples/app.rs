@@ -272,9 +272,10 @@ fn router(app: Arc<App>) -> Router {
             get(|| asset("text/javascript", include_str!("app/app.js"))),
         )
         .route(
-            "/react",
-            get(|| asset("text/html", include_str!("react/index.html"))),
+            "/style.css",
+            get(|| asset("text/css", include_str!("app/style.css"))),
         )
+        .route("/react", get(react_page))
         .route("/react/demo.js", get(react_bundle))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
@@ -304,8 +305,28 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// The page, with the gateway's address filled in (it loads `/qrlink.js` from there).
-async fn index(State(app): State<Arc<App>>) -> Html<String> {
-    Html(include_str!("app/index.html").replace("{{GATEWAY}}", &app.settings.gateway))
+async fn index(State(app): State<Arc<App>>) -> Response {
+    let page = include_str!("app/index.html").replace("{{GATEWAY}}", &app.settings.gateway);
+    ([csp(&app.settings.gateway)], Html(page)).into_response()
+}
+
+async fn react_page(State(app): State<Arc<App>>) -> Response {
+    (
+        [csp(&app.settings.gateway)],
+        Html(include_str!("react/index.html")),
+    )
+        .into_response()
+}
+
+/// The pages' Content-Security-Policy: nothing inline, and the gateway let in where qrlink.js
+/// needs it: `script-src` (the script), `connect-src` (its `/embed.json`), `frame-src` (the
+/// page in the modal).
+fn csp(gateway: &str) -> (header::HeaderName, String) {
+    let policy = format!(
+        "default-src 'self'; script-src 'self' {gateway}; connect-src 'self' {gateway}; \
+         frame-src {gateway}; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+    );
+    (header::CONTENT_SECURITY_POLICY, policy)
 }
 
 /// The React demo's bundle, built by `npm ci && npm run build` in `examples/react`.

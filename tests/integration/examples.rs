@@ -367,6 +367,7 @@ async fn the_example_page_exits_on_esc_then_links_an_account_its_backend_verifie
                 "got {webhooks:?}"
             );
             page.screenshot().await;
+            assert_no_csp_violations(page).await;
         },
     )
     .await;
@@ -445,6 +446,7 @@ async fn the_react_example_builds_renders_links_an_account_and_unmounts_its_moda
             tokio::time::timeout(WAIT, ex.gw.state.store.wait_for_count(|n| n == 0))
                 .await
                 .expect("the attempt ends with the modal");
+            assert_no_csp_violations(page).await;
         },
     )
     .await;
@@ -655,6 +657,17 @@ fn trimmed_lines(text: &str) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// The example pages set a strict CSP (`csp` in the example): qrlink.js must work under it.
+async fn assert_no_csp_violations(page: &Page) {
+    let violations = page
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|line| line.contains("Content Security Policy"))
+        .collect::<Vec<_>>();
+    assert!(violations.is_empty(), "CSP violations: {violations:#?}");
 }
 
 /// Goes into the gateway's modal (an iframe of another origin) and waits for its QR.
