@@ -496,7 +496,7 @@ async fn keyboard_only_focus_starts_and_stays_inside_and_esc_returns_it_to_the_b
             page.press(Key::Enter).await;
             page.wait_js(
                 "focus on the modal's Close button",
-                "return document.activeElement && document.activeElement.dataset.qrlink === 'close'",
+                "return !!document.activeElement && document.activeElement.dataset.qrlink === 'close'",
             )
             .await;
             let dialog: Value = page
@@ -916,7 +916,7 @@ button { font: inherit; padding: 10px 18px; border-radius: 8px; border: 0; backg
 static HOST_PAGE: PageKind = PageKind {
     ready: (
         "the host page to be ready",
-        "return document.body && document.body.dataset.ready === 'true'",
+        "return !!document.body && document.body.dataset.ready === 'true'",
     ),
     describe: "return 'log=' + JSON.stringify((window.__log || []).map((e) => e.cb === 'event' ? \
                'event:' + e.name : e.cb + (e.error ? ':' + e.error.code : ''))) + \
