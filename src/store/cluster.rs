@@ -589,18 +589,28 @@ impl Cluster {
         }
     }
 
-    fn queue(&self, write: Write) {
-        self.queued.fetch_add(1, Ordering::AcqRel);
+    /// Queues a write; returns its place in the queue (see [`Cluster::flush_to`]).
+    fn queue(&self, write: Write) -> u64 {
+        let place = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
         if self.writes.send(write).is_err() {
             self.written.send_modify(|n| *n += 1);
         }
+        place
     }
 
     /// Waits until Redis has taken every write queued so far, at most `limit`.
     pub(super) async fn flush(&self, limit: Duration) {
-        let target = self.queued.load(Ordering::Acquire);
+        self.flush_to(self.queued.load(Ordering::Acquire), limit)
+            .await;
+    }
+
+    /// Waits until Redis has taken the writes up to `place` in the queue, at most `limit`.
+    pub(super) async fn flush_to(&self, place: u64, limit: Duration) {
+        if *self.written.borrow() >= place {
+            return;
+        }
         let mut rx = self.written.subscribe();
-        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n >= target)).await;
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n >= place)).await;
     }
 
     /// The writer: takes what is queued, sends it as one pipeline, and on a Redis error keeps
@@ -1033,7 +1043,7 @@ impl Cluster {
 
     // --- What memory.rs tells the cluster ---
 
-    /// A session opened on this node.
+    /// A session opened on this node; returns the write's place in the queue.
     pub(super) fn opened(
         &self,
         id: &str,
@@ -1041,7 +1051,7 @@ impl Cluster {
         started_at: SystemTime,
         secret: Option<&[u8]>,
         request: &LinkRequest,
-    ) {
+    ) -> u64 {
         let wire = WireRequest {
             provider: request.provider.clone(),
             account_id: request.account_id.clone(),
@@ -1071,7 +1081,7 @@ impl Cluster {
             fields,
             ttl: Some(self.attached_ttl),
             listed: true,
-        });
+        })
     }
 
     /// A frame was numbered on this node: the session's phase, rotation, seq, and the frame a
@@ -1122,14 +1132,15 @@ impl Cluster {
         });
     }
 
-    /// A socket on this node attached the session (a resume).
-    pub(super) fn attached(&self, id: &str) {
+    /// A socket on this node attached the session (a resume); returns the write's place in
+    /// the queue.
+    pub(super) fn attached(&self, id: &str) -> u64 {
         self.queue(Write::Session {
             id: id.to_owned(),
             fields: vec![("node", self.node.clone()), ("holder", self.node.clone())],
             ttl: Some(self.attached_ttl),
             listed: true,
-        });
+        })
     }
 
     /// The session ended.

@@ -304,6 +304,27 @@ async fn when_a_node_is_killed_every_session_resumes_on_another_within_the_heart
         firsts.push(qr_envelope(&mut client).await);
         clients.push(client);
     }
+    // A frame does not wait for its record (a node killed within that moment leaves the frame
+    // before it): the kill comes once Redis has each session's first QR.
+    let mut conn = redis.conn().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for first in &firsts {
+        let key = format!("{prefix}{{{}}}", first.session);
+        loop {
+            let seq: Option<u64> = redis::AsyncCommands::hget(&mut conn, &key, "seq")
+                .await
+                .unwrap();
+            if seq == Some(first.seq) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "A wrote no record of {}'s first QR within 5 s",
+                first.session
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     a.child.start_kill().unwrap();
     let killed = std::time::Instant::now();
     a.child.wait().await.unwrap();
