@@ -16,6 +16,10 @@
 #   resume  HOLD_N sessions held on node 1, and among them 100 that each hang up and resume
 #           on node 2, then on node 1, … (every resume moves it), 20 cycles:
 #           cross-node resume → replayed frame.
+#   kill    HOLD_N sessions held on node 1 (long hold); once every one is open (Redis's set of
+#           sessions), `kill -9` of node 1; the generator (`--resume-on-drop`) resumes every
+#           dropped session on nodes 2 and 3 on the link page's schedule: resumed, lost, and
+#           drop (socket lost, seen by the client) → replayed frame p50/p90/p99/max.
 # Its own ports (simulator 3190, nodes 3191–3193, Redis 6391) and source addresses
 # (127.0.0.21–50), so it can run beside run-figures.sh. Loopback only.
 set -euo pipefail
@@ -32,8 +36,10 @@ mkdir -p "$OUT"
 echo "results in $OUT"
 
 PIDS=()
-stop() {
-  for pid in "${PIDS[@]}"; do
+stop() { # the generators' targets first, Redis last (a node stopping finds it up)
+  local i pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[$i]}
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
@@ -52,7 +58,15 @@ wait_port() {
 
 redis() { redis-cli -p $REDIS_PORT "$@"; }
 
+port_free() { # refuse to start beside something else on our ports: wait_port would find it
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "port $1 is taken by another process" >&2
+    return 1
+  fi
+}
+
 start_all() {
+  for port in $REDIS_PORT 3190 3191 3192 3193; do port_free $port; done
   redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no \
     >>"$OUT/redis.log" 2>&1 &
   PIDS+=($!)
@@ -76,6 +90,10 @@ start_all() {
 
 commands() { # total Redis commands so far (INFO commandstats)
   redis INFO commandstats | awk -F'[=,:]' '/^cmdstat_/ {n += $3} END {print n + 0}'
+}
+
+node_metrics() { # node n's /metrics
+  curl -fsS "http://127.0.0.1:319$1/metrics" || true
 }
 
 used_memory() {
@@ -138,6 +156,38 @@ scenario() {
         --resume-cycles 20 --resume-after-ms 10000 --resume-pause-ms 200 --duration-limit 120s
       grep -E 'resume|replay' "$OUT/resume-node1.txt" | tee -a "$OUT/summary.txt"
       ;;
+    kill)
+      load kill 1 "${SRC[0]}" --sessions "$HOLD_N" --rate 300 --warmup 0 --concurrency 20000 \
+        --hold-ms 60000 --resume-on-drop ws://127.0.0.1:3192,ws://127.0.0.1:3193 \
+        --duration-limit 150s &
+      local gen=$! issued=0 pending=1
+      # Every session has its first qr frame (with the resume token), and node 1 has written
+      # everything to Redis (what a resume elsewhere reads): polled, bounded to 60 s.
+      for _ in $(seq 600); do
+        read -r issued pending < <(node_metrics 1 |
+          awk '/^qrlink_qr_issued_total/ {q += $NF} /^qrlink_redis_pending_writes/ {p += $NF}
+               END {print q + 0, p + 0}')
+        [ "$issued" -ge "$HOLD_N" ] && [ "$pending" -eq 0 ] && break
+        sleep 0.1
+      done
+      local open
+      open=$(redis SCARD qrlink:sessions)
+      local victim=${NODES[0]} ttl
+      # What is left of node 1's heartbeat (TTL 3 s, renewed every second): a resume elsewhere
+      # waits for it to go, so the figure follows it.
+      ttl=$(redis PTTL qrlink:node:node1)
+      kill -9 "$victim"
+      echo "kill: $open sessions open, $issued first QRs issued on node1; kill -9 at" \
+        "$(date -u +%T), its heartbeat had $ttl ms left; load average" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.txt"
+      wait "$victim" 2>/dev/null || true
+      local left=()
+      for pid in "${PIDS[@]}"; do [ "$pid" = "$victim" ] || left+=("$pid"); done
+      PIDS=("${left[@]}")
+      wait "$gen" || true
+      grep -E 'resume on drop|drop -> replay|lost:|retried:' "$OUT/kill-node1.txt" |
+        tee -a "$OUT/summary.txt"
+      ;;
   esac
   for f in "$OUT/$name"-node*.txt; do
     echo "== $f" >>"$OUT/tables.txt"
@@ -147,7 +197,7 @@ scenario() {
 }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(rate hold resume)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(rate hold resume kill)
 for s in "${scenarios[@]}"; do
   scenario "$s"
 done

@@ -13,6 +13,9 @@
 //!   leak verdicts.
 //! - `resume.rs`: `--resume-cycles`: sessions that hang up and resume (protocol v1.1), the
 //!   resume → replay latency, the checks on the replayed frame.
+//! - `drop_resume.rs`: `--resume-on-drop`: held sessions that lose their socket (a node
+//!   killed) resume on other nodes on the link page's schedule; drops, resumes, losses and the
+//!   drop → replay latency.
 //! - `soak.rs`: `--soak`: a long mixed load (hang-ups, resumes, scans, timeouts, scripted
 //!   upstream faults), the gateway read every few seconds, the flatness verdicts.
 //! - `session.rs`: roles, per-session results, the shared context and live counters.
@@ -25,6 +28,7 @@
 
 mod churn;
 mod control;
+mod drop_resume;
 mod express_mode;
 mod procfs;
 mod report;
@@ -187,6 +191,19 @@ struct Args {
     /// of a cluster (cluster mode, README "Run several nodes").
     #[arg(long)]
     resume_url: Option<String>,
+    /// Resume on drop (ws mode, protocol v1.1): held sessions whose socket is lost without a
+    /// terminal frame (EOF, a reset, close 1006/1012: the node was killed or restarted) resume
+    /// with their last token on these gateways (comma separated, round robin; the path and
+    /// query are `--url`'s), as the link page does: attempts after about 0.25, 0.5, 1, 2 s, then
+    /// every 5 s; a refused attempt (connection refused, HTTP 503, `gateway/overloaded`) is
+    /// retried, `session/expired` loses the session. Reports drops, resumes, losses and the
+    /// drop → replayed frame latency.
+    #[arg(long, value_name = "URL[,URL…]")]
+    resume_on_drop: Option<String>,
+    /// Resume on drop: how long after the drop a session keeps trying (the gateway's default
+    /// grace).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    resume_on_drop_within: Duration,
     /// Soak (ws mode): every session takes a role from `--soak-mix`, upstream faults are
     /// scripted on the simulator (`--soak-faults`, needs `--sim-url`), the gateway is read
     /// every `--soak-sample-every`, and its RSS, fds and tasks must be flat: the mean over the
@@ -366,6 +383,19 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
     } else {
         Vec::new()
     };
+    let on_drop = match &args.resume_on_drop {
+        Some(_) if args.mode != Mode::Ws || args.churn || args.soak => {
+            return Err(
+                "--resume-on-drop resumes held WebSocket sessions: ws mode, without --churn or --soak"
+                    .to_owned(),
+            );
+        }
+        Some(list) => Some(drop_resume::Plan {
+            nodes: drop_resume::parse_nodes(list, &url)?,
+            within: args.resume_on_drop_within,
+        }),
+        None => None,
+    };
     let resume_to = match &args.resume_url {
         Some(other) => {
             let other = url::Url::parse(other).map_err(|e| format!("--resume-url {other}: {e}"))?;
@@ -404,6 +434,7 @@ fn build_ctx(args: &Args) -> Result<Ctx, String> {
             after: Duration::from_millis(args.resume_after_ms),
             pause: Duration::from_millis(args.resume_pause_ms),
         },
+        on_drop,
         live: Live::default(),
     })
 }
@@ -702,6 +733,9 @@ async fn run(args: Args) -> Result<(), String> {
             metrics_after,
             leak,
         ));
+    }
+    if let Some(plan) = &ctx.on_drop {
+        report.resume_on_drop = Some(drop_resume::DropReport::new(plan, &results));
     }
     if let (Some(before), Some(drain)) = (soak_before, drain) {
         let settings = soak::Settings {
@@ -1153,5 +1187,44 @@ mod tests {
         let ctx = build_ctx(&args(&["--url", "ws://127.0.0.1:3000"])).unwrap();
         assert_eq!(ctx.url, "ws://127.0.0.1:3000/ws/link/whatsapp?qr=svg");
         assert!(build_ctx(&args(&["--url", "ws://192.0.2.7:3000"])).is_err());
+    }
+
+    #[test]
+    fn resume_on_drop_takes_the_link_path_and_refuses_other_modes() {
+        let ctx = build_ctx(&args(&[
+            "--url",
+            "ws://127.0.0.1:3191",
+            "--resume-on-drop",
+            "ws://127.0.0.1:3192,ws://127.0.0.1:3193",
+            "--resume-on-drop-within",
+            "30s",
+        ]))
+        .unwrap();
+        let plan = ctx.on_drop.as_ref().unwrap();
+        assert_eq!(
+            plan.nodes[0].1,
+            "ws://127.0.0.1:3192/ws/link/whatsapp?qr=svg"
+        );
+        assert_eq!(plan.within, Duration::from_secs(30));
+        assert!(
+            build_ctx(&args(&["--url", "ws://127.0.0.1:3191"]))
+                .unwrap()
+                .on_drop
+                .is_none()
+        );
+        for extra in [
+            ["--churn"].as_slice(),
+            &["--mode", "express", "--url", "http://127.0.0.1:1"],
+        ] {
+            let mut argv = vec!["--resume-on-drop", "ws://127.0.0.1:3192"];
+            argv.extend_from_slice(extra);
+            let err = build_ctx(&args(&argv)).unwrap_err();
+            assert!(err.contains("--resume-on-drop"), "{err}");
+        }
+        let err = build_ctx(&args(&["--resume-on-drop", "ws://192.0.2.7:1"])).unwrap_err();
+        assert!(
+            err.contains("loopback") || err.contains("192.0.2.7"),
+            "{err}"
+        );
     }
 }

@@ -206,6 +206,9 @@ pub struct Report {
     /// `--resume-cycles`: the cycles, the resume → replay latency, the checks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume: Option<crate::resume::ResumeReport>,
+    /// `--resume-on-drop`: the drops, resumes, losses and the drop → replay latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_on_drop: Option<crate::drop_resume::DropReport>,
     /// Sessions the run left detached (protocol v1.1), and what they cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detached: Option<DetachedReport>,
@@ -414,6 +417,9 @@ impl Report {
         }
         if let Some(r) = &self.resume {
             r.table(&mut out);
+        }
+        if let Some(d) = &self.resume_on_drop {
+            d.table(&mut out);
         }
         if let Some(c) = &self.churn {
             c.table(&mut out);

@@ -124,7 +124,7 @@ impl Shown {
     }
 
     /// Takes a frame read on the attached socket: a rotation moves what a replay must match.
-    fn saw(&mut self, frame: &Frame) {
+    pub fn saw(&mut self, frame: &Frame) {
         if let Some(seq) = frame.seq {
             self.seq = seq;
             self.rotation = frame.rotation;
@@ -223,7 +223,7 @@ pub fn resume_url(url: &str, token: &str) -> String {
 
 /// Whether `frame` is the replay of what the browser saw: `Ok(true)` when it is a later frame
 /// of the same session (a rotation not read before the hang-up).
-fn check_replay(shown: &Shown, frame: &Frame) -> Result<bool, String> {
+pub fn check_replay(shown: &Shown, frame: &Frame) -> Result<bool, String> {
     match frame.kind.as_str() {
         "qr" | "checkpoint" => {}
         "error" => {

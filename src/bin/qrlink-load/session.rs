@@ -97,6 +97,8 @@ pub struct SessionResult {
     pub hung_up_at_us: Option<i64>,
     /// Resume sessions: what their cycles measured (boxed: most sessions have none).
     pub resume: Option<Box<crate::resume::CycleLog>>,
+    /// `--resume-on-drop` held sessions: their drops and resumes (boxed, as `resume`).
+    pub dropped: Option<Box<crate::drop_resume::DropLog>>,
     /// How it ended.
     pub end: End,
 }
@@ -116,6 +118,7 @@ impl SessionResult {
             account_at_us: None,
             hung_up_at_us: None,
             resume: None,
+            dropped: None,
             end: End::Aborted,
         }
     }
@@ -180,6 +183,8 @@ pub struct Ctx {
     pub timeout_wait: Duration,
     /// What `Resume` sessions do.
     pub resume: crate::resume::Plan,
+    /// `--resume-on-drop`: where held sessions that lose their socket resume.
+    pub on_drop: Option<crate::drop_resume::Plan>,
     /// Live counters.
     pub live: Live,
 }

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::drop_resume;
 use crate::resume;
 use crate::session::{Ctx, End, Exit, OpenGuard, Role, SessionResult, scan_outcome, unix_now_us};
 use crate::target;
@@ -143,6 +144,8 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
     let upgraded = Instant::now();
     r.connect = Some(upgraded - start);
     let _open = OpenGuard::new(&ctx.live);
+    // `--resume-on-drop` held sessions: what the browser last saw, for a resume.
+    let mut shown: Option<resume::Shown> = None;
 
     // The first frame must be a QR.
     match timeout(step, next(&mut ws)).await {
@@ -163,6 +166,10 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
                 let end = resume::run(ctx, i, ws, shown, &mut r).await;
                 return r.ended(end);
             }
+            if role == Role::Hold && ctx.on_drop.is_some() {
+                shown = resume::Shown::from_first(&frame);
+                r.dropped = Some(Box::default());
+            }
             r.intent_id = frame.intent_id;
             ctx.live.ready.fetch_add(1, Ordering::Relaxed);
         }
@@ -181,7 +188,24 @@ pub async fn run(ctx: &Ctx, i: u64, role: Role) -> SessionResult {
         return r.ended(end);
     }
     let first_qr = r.first_qr_at.unwrap_or(upgraded);
-    let end = after_first_qr(ctx, &mut ws, &mut r, first_qr).await;
+    let end = loop {
+        let (kind, dropped) =
+            match after_first_qr(ctx, &mut ws, &mut r, first_qr, shown.as_mut()).await {
+                Ok(end) => break end,
+                Err(lost) => lost,
+            };
+        let (Some(plan), Some(seen), Some(log)) = (&ctx.on_drop, shown.as_mut(), &mut r.dropped)
+        else {
+            break End::Failed(format!("lost_{kind}"));
+        };
+        match drop_resume::recover(ctx, plan, i, seen, dropped, log).await {
+            Ok(resumed) => ws = resumed,
+            Err(why) => {
+                log.lost = Some(why.clone());
+                break End::Failed(format!("drop_lost_{why}"));
+            }
+        }
+    };
     r.ended(end)
 }
 
@@ -241,7 +265,16 @@ fn early(ctx: &Ctx, r: SessionResult, kind: String) -> SessionResult {
     r.fail(kind)
 }
 
-async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: Instant) -> End {
+/// Runs the session's role on `ws` to its end. With `shown` (`--resume-on-drop`, held
+/// sessions), rotations update it, and a socket lost without a terminal frame is handed back as
+/// `Err((kind, when))` for a resume.
+async fn after_first_qr(
+    ctx: &Ctx,
+    ws: &mut Ws,
+    r: &mut SessionResult,
+    qr_at: Instant,
+    mut shown: Option<&mut resume::Shown>,
+) -> Result<End, (String, Instant)> {
     let mut timer = Some(
         qr_at
             + match r.role {
@@ -261,22 +294,22 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
                 match r.role {
                     Role::Hold | Role::Churn(_) | Role::Resume => {
                         hang_up(ws, true, ctx.step_timeout).await;
-                        return End::HungUp;
+                        return Ok(End::HungUp);
                     }
-                    Role::Timeout => return End::Failed("no_timeout_frame".to_owned()),
+                    Role::Timeout => return Ok(End::Failed("no_timeout_frame".to_owned())),
                     Role::HangUp => {
                         if let (Some(sim), Some(id)) = (&ctx.sim, &r.intent_id)
                             && !sim.wait_for_pending_poll(id, ctx.step_timeout).await
                         {
-                            return End::Failed("no_pending_poll_to_hang_up".to_owned());
+                            return Ok(End::Failed("no_pending_poll_to_hang_up".to_owned()));
                         }
                         r.hung_up_at_us = Some(unix_now_us());
                         hang_up(ws, false, ctx.step_timeout).await;
-                        return End::HungUp;
+                        return Ok(End::HungUp);
                     }
                     Role::Scan => {
                         let (Some(sim), Some(id)) = (ctx.sim.clone(), r.intent_id.clone()) else {
-                            return End::Failed("scan_without_sim_or_intent".to_owned());
+                            return Ok(End::Failed("scan_without_sim_or_intent".to_owned()));
                         };
                         scan = Some(tokio::spawn(async move { sim.scan(&id).await }));
                         account_deadline = Some(Instant::now() + ctx.step_timeout);
@@ -286,28 +319,37 @@ async fn after_first_qr(ctx: &Ctx, ws: &mut Ws, r: &mut SessionResult, qr_at: In
             done = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                 scan = None;
                 if let Err(label) = scan_outcome(done) {
-                    return End::Failed(label);
+                    return Ok(End::Failed(label));
                 }
             }
             () = sleep_until(account_deadline.unwrap_or(qr_at).into()), if account_deadline.is_some() => {
-                return End::Failed("account_timeout".to_owned());
+                return Ok(End::Failed("account_timeout".to_owned()));
             }
             msg = next(ws) => match msg {
                 Next::Frame(frame, _) => match frame.kind.as_str() {
-                    "qr" => r.qrs += 1,
+                    "qr" => {
+                        r.qrs += 1;
+                        if let Some(shown) = shown.as_deref_mut() {
+                            shown.saw(&frame);
+                        }
+                    }
                     "account" => {
                         r.account_at_us = Some(unix_now_us());
-                        return terminal(ws, End::Account, ctx.step_timeout).await;
+                        return Ok(terminal(ws, End::Account, ctx.step_timeout).await);
                     }
-                    "timeout" => return terminal(ws, End::Timeout, ctx.step_timeout).await,
+                    "timeout" => return Ok(terminal(ws, End::Timeout, ctx.step_timeout).await),
                     "error" => {
                         let code = frame.code.unwrap_or_default();
-                        return terminal(ws, End::Failed(format!("error_{code}")), ctx.step_timeout).await;
+                        return Ok(terminal(ws, End::Failed(format!("error_{code}")), ctx.step_timeout).await);
                     }
-                    other => return End::Failed(format!("unexpected_frame_{other}")),
+                    other => return Ok(End::Failed(format!("unexpected_frame_{other}"))),
                 },
-                Next::Close(code) => return End::Failed(format!("closed_without_terminal_{code}")),
-                Next::Gone(kind) => return End::Failed(format!("lost_{kind}")),
+                Next::Close(code) if shown.is_some() && drop_resume::is_drop_close(code) => {
+                    return Err((format!("closed_{code}"), Instant::now()));
+                }
+                Next::Gone(kind) if shown.is_some() => return Err((kind, Instant::now())),
+                Next::Close(code) => return Ok(End::Failed(format!("closed_without_terminal_{code}"))),
+                Next::Gone(kind) => return Ok(End::Failed(format!("lost_{kind}"))),
             },
         }
     }
