@@ -92,8 +92,8 @@ commands() { # total Redis commands so far (INFO commandstats)
   redis INFO commandstats | awk -F'[=,:]' '/^cmdstat_/ {n += $3} END {print n + 0}'
 }
 
-node_metrics() { # node n's /metrics
-  curl -fsS "http://127.0.0.1:319$1/metrics" || true
+node_get() { # node n's PATH (/metrics, /healthz)
+  curl -fsS "http://127.0.0.1:319$1$2" || true
 }
 
 used_memory() {
@@ -162,11 +162,12 @@ scenario() {
         --duration-limit 150s &
       local gen=$! issued=0 pending=1
       # Every session has its first qr frame (with the resume token), and node 1 has written
-      # everything to Redis (what a resume elsewhere reads): polled, bounded to 60 s.
+      # everything to Redis (what a resume elsewhere reads; `pending_writes` of its /healthz):
+      # polled, bounded to 60 s.
       for _ in $(seq 600); do
-        read -r issued pending < <(node_metrics 1 |
-          awk '/^qrlink_qr_issued_total/ {q += $NF} /^qrlink_redis_pending_writes/ {p += $NF}
-               END {print q + 0, p + 0}')
+        issued=$(node_get 1 /metrics | awk '/^qrlink_qr_issued_total/ {q += $NF} END {print q + 0}')
+        pending=$(node_get 1 /healthz | grep -o '"pending_writes":[0-9]*' | cut -d: -f2)
+        pending=${pending:-1}
         [ "$issued" -ge "$HOLD_N" ] && [ "$pending" -eq 0 ] && break
         sleep 0.1
       done

@@ -536,3 +536,115 @@ async fn a_non_loopback_target_is_refused() {
         "expected a loopback refusal, got {stderr}"
     );
 }
+
+/// `--resume-on-drop`: node A of a cluster (a process of its own, on a real redis-server) is
+/// killed with `N` held sessions open; every one resumes on node B. The generator's list starts
+/// with an address where nothing listens, so the sessions that try it first (every other one,
+/// round robin) are refused and retried on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_sessions_of_a_killed_node_resume_on_another_with_resume_on_drop() {
+    const N: u64 = 20;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = common::redis::TestRedis::start().await else {
+        return;
+    };
+    let sim = TestSimulator::start(common::sim_config(Duration::from_secs(30), 2)).await;
+    let url = redis.url();
+    let node_args = |id| {
+        [
+            "--resume-grace",
+            "60s",
+            "--redis-url",
+            url.as_str(),
+            "--redis-prefix",
+            "qrlg:",
+            "--node-id",
+            id,
+            "--sessions-per-ip-per-minute",
+            "100000",
+        ]
+    };
+    // Their addresses come from the one `qrlink` info line.
+    let log = "warn,qrlink=info,qrlink::http=warn";
+    let mut a = start_binary_with(&sim.url(), log, &node_args("a"), &[]).await;
+    let b = start_binary_with(&sim.url(), log, &node_args("b"), &[]).await;
+    let nothing = common::free_port();
+    let args: Vec<String> = [
+        "--url",
+        &format!("ws://{}", a.addr),
+        "--sessions",
+        &N.to_string(),
+        "--rate",
+        "200/s",
+        "--hold-ms",
+        "8000",
+        "--resume-on-drop",
+        &format!("ws://127.0.0.1:{nothing},ws://{}", b.addr),
+        "--resume-on-drop-within",
+        "20s",
+        "--settle",
+        "100ms",
+        "--duration-limit",
+        "40s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = tokio::spawn(async move { load(&args).await });
+
+    // Every first QR sent by A, and everything A has written to Redis.
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = http.get(format!("http://{}{path}", a.addr));
+        async move { req.send().await.ok()?.text().await.ok() }
+    };
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let issued: f64 = get("/metrics")
+                .await
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("qrlink_qr_issued_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            let health: Value = serde_json::from_str(&get("/healthz").await.unwrap_or_default())
+                .unwrap_or_default();
+            if issued >= N as f64 && health["pending_writes"] == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node A sends every first QR and writes it to Redis");
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+
+    let report = run.await.unwrap();
+    let d = &report["resume_on_drop"];
+    assert_eq!(d["held"], N, "report: {d:#}");
+    assert_eq!(d["sessions_dropped"], N, "report: {d:#}");
+    assert_eq!(d["drops"], N, "report: {d:#}");
+    assert_eq!(d["resumed"], N, "report: {d:#}");
+    assert_eq!(d["lost"], 0, "report: {d:#}");
+    assert_eq!(
+        d["retried"]["connect_ConnectionRefused"],
+        N / 2,
+        "every other session tried the dead address first: {d:#}"
+    );
+    let latency = &d["drop_to_replay_ms"];
+    assert_eq!(latency["n"], N);
+    let (min, max) = (
+        latency["min"].as_f64().unwrap_or(0.0),
+        latency["max"].as_f64().unwrap_or(f64::MAX),
+    );
+    // The first attempt waits 0.25 s (−15 %); B then waits for A's heartbeat (3 s) to go.
+    assert!(
+        (212.0..=5_000.0).contains(&min) && max <= 5_000.0,
+        "drop -> replay from {min} to {max} ms (heartbeat 3 s + 2 s)"
+    );
+    // Resumed, they held on B until their hold ended, and hung up.
+    assert_eq!(report["sessions"]["ok"], N, "report: {report:#}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+    assert_eq!(report["outcomes"]["hung_up"], N);
+}
