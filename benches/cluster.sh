@@ -174,7 +174,7 @@ scenario() {
       local open
       open=$(redis SCARD qrlink:sessions)
       local victim=${NODES[0]} ttl
-      # What is left of node 1's heartbeat (TTL 3 s, renewed every second): a resume elsewhere
+      # What is left of node 1's heartbeat (TTL 2 s, renewed every 0.5 s): a resume elsewhere
       # waits for it to go, so the figure follows it.
       ttl=$(redis PTTL qrlink:node:node1)
       kill -9 "$victim"

@@ -122,6 +122,8 @@ pub struct Cluster {
     written: tokio::sync::watch::Sender<u64>,
     /// Whether Redis answered the last write or heartbeat: [`UNKNOWN`], [`UP`] or [`DOWN`].
     up: std::sync::atomic::AtomicU8,
+    /// Nodes found without a heartbeat, and when (see [`Cluster::alive`]).
+    dead: DashMap<String, std::time::Instant>,
     /// Acks this node waits for, by request number.
     pending: DashMap<u64, oneshot::Sender<()>>,
     next_request: AtomicU64,
@@ -478,6 +480,7 @@ impl Cluster {
             queued: AtomicU64::new(0),
             written: tokio::sync::watch::Sender::new(0),
             pending: DashMap::new(),
+            dead: DashMap::new(),
             up: std::sync::atomic::AtomicU8::new(UNKNOWN),
             next_request: AtomicU64::new(1),
             limits,
@@ -492,7 +495,8 @@ impl Cluster {
         metrics::gauge!("qrlink_redis_up").set(if up { 1.0 } else { 0.0 });
     }
 
-    /// Whether Redis answers, and how many writes wait for it (for `/healthz`).
+    /// Whether Redis answers, and how many writes wait for it (for `/healthz`; also sets the
+    /// `qrlink_redis_pending_writes` gauge, which the writer calls it for after each pipeline).
     pub(super) fn health(&self) -> (bool, u64) {
         let pending = self
             .queued
@@ -661,6 +665,7 @@ impl Cluster {
                     }
                     batch.clear();
                     self.written.send_modify(|w| *w += taken);
+                    self.health();
                 }
                 Err(e) => {
                     self.set_up(false);
@@ -669,6 +674,7 @@ impl Cluster {
                         failing = true;
                     }
                     metrics::counter!("qrlink_redis_errors_total", "op" => "write").increment(1);
+                    self.health();
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -817,9 +823,27 @@ impl Cluster {
         }
     }
 
-    /// Whether `node` is alive (its heartbeat is there).
+    /// Whether `node` is alive (its heartbeat is there). A node found dead is taken for dead
+    /// for [`HEARTBEAT_EVERY`] without asking again: when a node is killed, every page of its
+    /// sessions resumes at once and each resume waits on this.
     async fn alive(&self, conn: &mut ConnectionManager, node: &str) -> bool {
-        node == self.node || conn.exists(self.node_key(node)).await.unwrap_or(false)
+        if node == self.node {
+            return true;
+        }
+        if self
+            .dead
+            .get(node)
+            .is_some_and(|seen| seen.elapsed() < HEARTBEAT_EVERY)
+        {
+            return false;
+        }
+        let alive = conn.exists(self.node_key(node)).await.unwrap_or(false);
+        if alive {
+            self.dead.remove(node);
+        } else {
+            self.dead.insert(node.to_owned(), std::time::Instant::now());
+        }
+        alive
     }
 
     /// A connection of its own for a loop that blocks on Redis (a pop, a stream read), with a
