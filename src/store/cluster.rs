@@ -1003,6 +1003,10 @@ impl Cluster {
                         seen.insert(node, (boot, n));
                     }
                 }
+                if !memory.watched() {
+                    // Nobody watches here: the entry is only counted past.
+                    continue;
+                }
                 let body: String = entry.get("event").unwrap_or_default();
                 let events = if body.starts_with('[') {
                     serde_json::from_str::<Vec<WireEvent>>(&body).unwrap_or_default()

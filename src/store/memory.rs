@@ -216,6 +216,11 @@ impl Memory {
     }
 
     /// Hands an event to this node's watchers.
+    /// Whether a watcher of this node is listening.
+    pub(super) fn watched(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     pub(super) fn deliver(&self, event: WatchEvent) {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(event);
