@@ -34,10 +34,7 @@ async fn a_host_on_another_origin_links_an_account_and_gets_a_result_token_that_
         "a_host_on_another_origin_links_an_account_and_gets_a_result_token_that_verifies",
         async |page| {
             // No `gateway`: the default is where qrlink.js came from.
-            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}")))
-                .await;
-            page.click("#open").await;
-            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+            open_until_the_first_qr(page, &site, &format!("/?provider=whatsapp&token={token}"))
                 .await;
             assert_eq!(page.count("[data-qrlink=frame]").await, 1);
             let url = page.attr("[data-qrlink=frame]", "src").await;
@@ -128,10 +125,7 @@ async fn telegrams_password_step_is_a_checkpoint_event_and_is_answered_inside_th
     run(
         "telegrams_password_step_is_a_checkpoint_event_and_is_answered_inside_the_modal",
         async |page| {
-            page.goto(&site.host(&format!("/?provider=telegram&token={token}")))
-                .await;
-            page.click("#open").await;
-            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+            open_until_the_first_qr(page, &site, &format!("/?provider=telegram&token={token}"))
                 .await;
             let intent = site.gw.sim().intent_ids().pop().expect("an intent");
             site.gw
@@ -197,11 +191,7 @@ async fn a_dropped_connection_is_resumed_inside_the_modal_and_reported_as_resume
     run(
         "a_dropped_connection_is_resumed_inside_the_modal_and_reported_as_resumed",
         async |page| {
-            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}")))
-                .await;
-            page.click("#open").await;
-            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
-                .await;
+            open_until_the_first_qr(page, &site, &format!("/?provider=whatsapp&token={token}")).await;
             let cut = site.proxy.as_ref().unwrap().cut();
             assert!(cut >= 1, "expected the frame's socket to be cut, {cut} were open");
             page.wait_log(
@@ -237,11 +227,7 @@ async fn esc_closes_the_modal_with_on_exit_null_once_and_the_session_ends_even_w
         "esc_closes_the_modal_with_on_exit_null_once_and_the_session_ends_even_when_callbacks_throw",
         async |page| {
             // `throw`: every callback of the host throws; the widget must not mind.
-            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}&throw=1")))
-                .await;
-            page.click("#open").await;
-            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
-                .await;
+            open_until_the_first_qr(page, &site, &format!("/?provider=whatsapp&token={token}&throw=1")).await;
             site.wait_for_a_session().await;
             // open() while open does nothing.
             page.js::<Value>("__link.open(); return null").await;
@@ -332,10 +318,7 @@ async fn destroy_twice_leaves_no_element_listener_timer_or_session() {
     run(
         "destroy_twice_leaves_no_element_listener_timer_or_session",
         async |page| {
-            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}")))
-                .await;
-            page.click("#open").await;
-            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+            open_until_the_first_qr(page, &site, &format!("/?provider=whatsapp&token={token}"))
                 .await;
             site.wait_for_a_session().await;
             let during: Vec<String> = page.js("return __probe.listeners()").await;
@@ -426,10 +409,7 @@ async fn qrlink_frame_ancestors_alone_lets_a_site_embed_the_page_verbatim() {
     run(
         "qrlink_frame_ancestors_alone_lets_a_site_embed_the_page_verbatim",
         async |page| {
-            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}")))
-                .await;
-            page.click("#open").await;
-            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+            open_until_the_first_qr(page, &site, &format!("/?provider=whatsapp&token={token}"))
                 .await;
             page.js::<Value>("__link.exit(); return null").await;
             page.wait_log("onExit(null)", "e.cb === 'exit' && e.error === null")
@@ -595,11 +575,7 @@ async fn the_modal_on_a_desktop_and_a_phone_and_the_page_fits_360_to_480_px() {
     run(
         "the_modal_on_a_desktop_and_a_phone_and_the_page_fits_360_to_480_px",
         async |page| {
-            page.goto(&site.host(&format!("/?provider=whatsapp&token={token}")))
-                .await;
-            page.click("#open").await;
-            page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
-                .await;
+            open_until_the_first_qr(page, &site, &format!("/?provider=whatsapp&token={token}")).await;
             for (file, width, height, mobile) in [
                 ("embed-desktop", 1280, 800, false),
                 ("embed-phone", 390, 844, true),
@@ -968,6 +944,15 @@ async fn wait_in(client: &Client, what: &str, script: &str) {
         );
         tokio::time::sleep(browser::POLL).await;
     }
+}
+
+/// The host page at `query` (`/?provider=…&token=…`), its button clicked, until the modal's
+/// first `qr` event.
+async fn open_until_the_first_qr(page: &Page, site: &Site, query: &str) {
+    page.goto(&site.host(query)).await;
+    page.click("#open").await;
+    page.wait_log("the first qr event", "e.cb === 'event' && e.name === 'qr'")
+        .await;
 }
 
 trait HostPage {

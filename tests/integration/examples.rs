@@ -29,6 +29,23 @@ mod app;
 // ------------------------------------------------------------------------------------------
 // The tests
 
+/// The example's own page, signed in as `name` (the session cookie serves both its pages).
+async fn sign_in(page: &Page, ex: &Example, name: &str) {
+    page.goto_until(
+        &ex.url("/"),
+        "the page",
+        "return document.body.dataset.ready === 'true'",
+    )
+    .await;
+    page.type_into("#name", name).await;
+    page.click("#sign-in").await;
+    page.wait_js(
+        &format!("{name} signed in"),
+        "return !document.getElementById('signed-in').hidden",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn the_backend_verifies_a_real_result_token_and_webhook_from_the_gateway() {
     let ex = Example::start().await;
@@ -320,19 +337,7 @@ async fn the_example_page_exits_on_esc_then_links_an_account_its_backend_verifie
     run(
         "the_example_page_exits_on_esc_then_links_an_account_its_backend_verifies_twice",
         async |page| {
-            page.goto_until(
-                &ex.url("/"),
-                "the page",
-                "return document.body.dataset.ready === 'true'",
-            )
-            .await;
-            page.type_into("#name", "ada").await;
-            page.click("#sign-in").await;
-            page.wait_js(
-                "ada signed in",
-                "return !document.getElementById('signed-in').hidden",
-            )
-            .await;
+            sign_in(page, &ex, "ada").await;
             assert_eq!(page.text("#user").await, "ada");
             // Closed without a scan: onExit(null), and the gateway's link.abandoned webhook.
             page.click("#link-telegram").await;
@@ -396,19 +401,7 @@ async fn the_react_example_builds_renders_links_an_account_and_unmounts_its_moda
         "the_react_example_builds_renders_links_an_account_and_unmounts_its_modal",
         async |page| {
             // Signed in by the plain page (the session cookie is the app's, for both pages).
-            page.goto_until(
-                &ex.url("/"),
-                "the page",
-                "return document.body.dataset.ready === 'true'",
-            )
-            .await;
-            page.type_into("#name", "grace").await;
-            page.click("#sign-in").await;
-            page.wait_js(
-                "grace signed in",
-                "return !document.getElementById('signed-in').hidden",
-            )
-            .await;
+            sign_in(page, &ex, "grace").await;
             page.goto_until(
                 &ex.url("/react"),
                 "the React demo",
