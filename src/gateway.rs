@@ -146,6 +146,7 @@ impl Gateway {
         );
         Ok(Gateway {
             state: Arc::new(AppState {
+                frame_ancestors: config.frame_ancestors(),
                 config,
                 upstream,
                 store,

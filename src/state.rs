@@ -17,6 +17,9 @@ use crate::upstream::UnipileClient;
 pub struct AppState {
     /// The configuration the gateway started with.
     pub config: Config,
+    /// Who may frame the pages ([`Config::frame_ancestors`]), worked out once: every page's
+    /// CSP and `/embed.json` use it.
+    pub frame_ancestors: String,
     /// The one Unipile client (one connection pool).
     pub upstream: UnipileClient,
     /// Every link attempt, attached or detached, and the admission limits.

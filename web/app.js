@@ -1518,10 +1518,7 @@
         if (embedStarted) return;
         embedStarted = true;
         if (typeof m.token === 'string' && m.token) token = m.token;
-        if (config.token_required && !token) {
-          ui.pickerNote.hidden = false;
-          ui.pickerNote.textContent = 'This page needs a personal link to work. If linking fails, ask for a new link.';
-        }
+        noteMissingToken();
         route();
         break;
       case 'exit':
@@ -1535,6 +1532,13 @@
       default:
         break;
     }
+  }
+
+  /** Says so under the picker when the gateway wants a connect token and none came. */
+  function noteMissingToken() {
+    if (!config.token_required || token) return;
+    ui.pickerNote.hidden = false;
+    ui.pickerNote.textContent = 'This page needs a personal link to work. If linking fails, ask for a new link.';
   }
 
   /** Focuses the first or last control on screen (the host's focus trap wraps into the frame). */
@@ -1691,10 +1695,8 @@
       ui.linkAnother.hidden = true;
       ui.banner.querySelector('a')?.remove();
     }
-    if (config.token_required && !token && !embedded) {
-      ui.pickerNote.hidden = false;
-      ui.pickerNote.textContent = 'This page needs a personal link to work. If linking fails, ask for a new link.';
-    }
+    // Embedded, the token comes with the host's `start`: said then.
+    if (!embedded) noteMissingToken();
 
     ui.retry.addEventListener('click', () => {
       if (provider) start(provider);

@@ -6,7 +6,8 @@
 //! error page, and the host cannot tell why (a cross-origin frame reports nothing). So
 //! `qrlink.js` asks first, and on `{"allowed": false}` reports `embed/forbidden` to its host
 //! and logs one line naming the setting, instead of opening a broken frame. The answer is
-//! computed from the same source list the pages are served with ([`Config::frame_ancestors`]),
+//! computed from the same source list the pages are served with (`AppState::frame_ancestors`,
+//! from [`Config::frame_ancestors`]),
 //! so the two cannot disagree except where this matcher is deliberately simpler than a browser
 //! (paths in host sources are ignored: an ancestor is matched by its origin).
 //!
@@ -32,7 +33,7 @@ pub async fn embed_json(State(state): State<Arc<AppState>>, headers: HeaderMap) 
         .unwrap_or("");
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     let allowed = match origin {
-        Some(origin) => may_embed(&state.config.frame_ancestors(), origin, host),
+        Some(origin) => may_embed(&state.frame_ancestors, origin, host),
         None => true,
     };
     let mut resp = Json(json!({ "allowed": allowed })).into_response();
@@ -148,7 +149,7 @@ fn source_matches(source: &str, ancestor: &Origin<'_>, host: &str) -> bool {
     if let Some(scheme) = source.strip_suffix(':')
         && !scheme.contains([':', '/', '.'])
     {
-        return scheme == ancestor.scheme || (scheme == "http" && ancestor.scheme == "https");
+        return scheme_allows(scheme, ancestor.scheme);
     }
     // A host source.
     let (scheme, rest) = match source.split_once("://") {
@@ -159,11 +160,7 @@ fn source_matches(source: &str, ancestor: &Origin<'_>, host: &str) -> bool {
     let Some((host_part, port_part)) = split_port(authority) else {
         return false;
     };
-    let scheme_ok = match scheme {
-        None => true,
-        Some(s) => s == ancestor.scheme || (s == "http" && ancestor.scheme == "https"),
-    };
-    if !scheme_ok {
+    if scheme.is_some_and(|s| !scheme_allows(s, ancestor.scheme)) {
         return false;
     }
     let host_ok = match host_part.strip_prefix("*.") {
@@ -188,6 +185,12 @@ fn source_matches(source: &str, ancestor: &Origin<'_>, host: &str) -> bool {
                 || (scheme == Some("http") && ancestor.scheme == "https" && ancestor.port == 443)
         }
     }
+}
+
+/// Whether a source's scheme lets an ancestor of `ancestor` scheme in: the same, or `http`
+/// upgraded to `https`.
+fn scheme_allows(source: &str, ancestor: &str) -> bool {
+    source == ancestor || (source == "http" && ancestor == "https")
 }
 
 #[cfg(test)]

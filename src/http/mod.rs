@@ -112,7 +112,7 @@ async fn security_headers(
         let csp = format!(
             "{}; frame-ancestors {}",
             assets::CONTENT_SECURITY_POLICY,
-            state.config.frame_ancestors()
+            state.frame_ancestors
         );
         if let Ok(v) = HeaderValue::from_str(&csp) {
             headers.insert(header::CONTENT_SECURITY_POLICY, v);

@@ -18,8 +18,9 @@
 //!   session: take it off the socket, write its cursor, forget it here), `cancel` (an operator's
 //!   DELETE on another node), and `ack` back to the asking node.
 //!
-//! Writes go through one ordered queue per node; a frame waits for its record at most
-//! `WRITE_WAIT` (memory.rs). An ack is queued after the writes it follows, so a node that
+//! Writes go through one ordered queue per node; a frame waits at most `WRITE_WAIT` for the
+//! write that made its session known here, never for its own record (`Attachment::written`
+//! in memory.rs says why). An ack is queued after the writes it follows, so a node that
 //! receives it reads the state they wrote. What one pipeline takes is coalesced first (a
 //! session's consecutive writes become one HSET, the writes of a session that ends in it are
 //! left out, watch events share a stream entry), so that under load an attempt costs fewer
@@ -997,8 +998,8 @@ impl Cluster {
                 );
                 match seen.get_mut(&node) {
                     // Seen already: that node's write was run twice (see `writer`).
-                    Some(last) if last.0 == boot && n <= last.1 => continue,
-                    Some(last) => *last = (boot, n),
+                    Some(prev) if prev.0 == boot && n <= prev.1 => continue,
+                    Some(prev) => *prev = (boot, n),
                     None => {
                         seen.insert(node, (boot, n));
                     }
@@ -1511,16 +1512,16 @@ fn coalesce(batch: &mut Vec<Write>) {
             }
             Write::Event { body, entry } => match events {
                 Some((i, n)) if n < EVENTS_PER_ENTRY => {
-                    if let Some(Write::Event { body: entry, .. }) = &mut out[i] {
+                    if let Some(Write::Event { body: shared, .. }) = &mut out[i] {
                         // One entry, several events: a JSON array of them.
                         if n == 1 {
-                            entry.insert(0, '[');
+                            shared.insert(0, '[');
                         } else {
-                            entry.pop();
+                            shared.pop();
                         }
-                        entry.push(',');
-                        entry.push_str(&body);
-                        entry.push(']');
+                        shared.push(',');
+                        shared.push_str(&body);
+                        shared.push(']');
                     }
                     events = Some((i, n + 1));
                 }

@@ -215,14 +215,14 @@ impl Memory {
         }
     }
 
-    /// Hands an event to this node's watchers.
     /// Whether a watcher of this node is listening.
     pub(super) fn watched(&self) -> bool {
         self.events.receiver_count() > 0
     }
 
+    /// Hands an event to this node's watchers.
     pub(super) fn deliver(&self, event: WatchEvent) {
-        if self.events.receiver_count() > 0 {
+        if self.watched() {
             let _ = self.events.send(event);
         }
     }
