@@ -120,6 +120,10 @@ pub struct SimulateArgs {
     pub alpn: crate::simulator::Alpn,
 }
 
+/// Most serving threads `--threads` accepts: each is an OS thread with a runtime, a listening
+/// socket and its own upstream connections.
+const MAX_THREADS: usize = 1024;
+
 /// Settings of the gateway (`qrlink serve`).
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -178,6 +182,12 @@ pub struct Config {
     /// TLS-intercepting corporate proxy's, or `qrlink simulate --tls --cert-out`'s.
     #[arg(long, env = "QRLINK_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<std::path::PathBuf>,
+
+    /// Serving threads, each with its own runtime and listening socket (`SO_REUSEPORT`: the
+    /// kernel spreads new connections over them); a connection and its session stay on the
+    /// thread that accepted it. 0 (the default): one per core.
+    #[arg(long, env = "QRLINK_THREADS", default_value_t = 0)]
+    pub threads: usize,
 
     /// Time given to open sessions to say goodbye on shutdown before they are dropped.
     #[arg(long, env = "QRLINK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -360,8 +370,22 @@ impl Config {
         Ok(config)
     }
 
+    /// Serving threads: `--threads`, or one per core when it is 0.
+    pub fn serving_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// What no single flag's parser can see: settings that only make sense together.
     pub fn check(&self) -> Result<(), String> {
+        if self.threads > MAX_THREADS {
+            return Err(format!(
+                "--threads ({}) must be at most {MAX_THREADS} (0: one per core)",
+                self.threads
+            ));
+        }
         // A healthy idle client answers each ping; with a timeout no longer than the interval
         // it would be silent "too long" at every second ping, and every idle session would drop.
         // (An interval past the longest attempt turns pings off, which tests use.)

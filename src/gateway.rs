@@ -165,107 +165,224 @@ impl Gateway {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, tells every session, and waits
-    /// for the socket tasks at most `shutdown_grace`.
+    /// Serves on `listener`, in the caller's runtime, until `shutdown` resolves, then stops
+    /// accepting, tells every session, and waits for the socket tasks at most `shutdown_grace`.
+    /// (The binary serves with [`Gateway::serve_threads`].)
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state;
-        let token = state.shutdown.clone();
-        let grace = state.config.shutdown_grace;
-        {
-            let state = state.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = shutdown => tracing::info!("shutdown requested"),
-                    () = state.shutdown.cancelled() => {}
-                }
-                state.ready.store(false, Ordering::SeqCst);
-                state.shutdown.cancel();
-                // Answer the embedded simulator's held long polls so HTTP shutdown is prompt.
-                if let Some(sim) = &state.simulator {
-                    sim.shutdown();
-                }
-            });
-        }
-        // Our own accept loop rather than `axum::serve`: it sets hyper's header read timeout
-        // (slow-header clients), and lets shutdown wait for plain HTTP connections separately
-        // from the WebSocket tasks.
-        let mut make_service =
-            router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        watch_shutdown(&state, shutdown);
         let connections = TaskTracker::new();
-        // After the signal the listener stays open while sessions say goodbye, so load balancers
-        // polling `/readyz` see 503 (and new link attempts get `gateway/shutting_down`) instead
-        // of a refused connection; it closes once every session is gone or the grace is over.
-        let mut draining = false;
-        let drain_deadline = tokio::time::sleep(grace);
-        tokio::pin!(drain_deadline);
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = token.cancelled(), if !draining => {
-                    draining = true;
-                    state.tracker.close();
-                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + grace);
-                    continue;
-                }
-                () = state.tracker.wait(), if draining => break,
-                () = &mut drain_deadline, if draining => {
-                    tracing::warn!(open = state.tracker.len(), "sessions still open after the grace period");
-                    break;
-                }
-                accepted = crate::net::accept(&listener, "gateway") => accepted,
-            };
-            let service = match make_service.call(peer).await {
-                Ok(s) => s,
-                Err(never) => match never {},
-            };
-            let token = token.clone();
-            let handshake_timeout = state.config.handshake_timeout;
-            let accepted_while_draining = draining;
-            connections.spawn(async move {
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(handshake_timeout)
-                    .max_buf_size(MAX_REQUEST_HEAD);
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                    .with_upgrades();
-                tokio::pin!(conn);
-                // A connection accepted while draining gets a moment to send its one request
-                // (a readiness probe, a last link attempt that will be told to come back).
-                let settle = if accepted_while_draining {
-                    DRAIN_SETTLE
-                } else {
-                    std::time::Duration::ZERO
-                };
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    () = async { token.cancelled().await; tokio::time::sleep(settle).await } => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(grace, conn).await;
-                    }
-                }
-            });
-        }
-        drop(listener);
-        // In cluster mode, what the sessions left for other nodes must reach Redis first.
-        state.store.flush(grace).await;
-        // Every session has ended (or the grace is over): the webhooks of their endings get
-        // what is left of the grace.
-        state.notifier.drain(drain_deadline.deadline()).await;
-        connections.close();
-        if tokio::time::timeout(grace, connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("HTTP connections still open after the grace period");
-        }
-        tracing::info!("stopped");
+        let drained_by = accept_loop(&state, listener, &connections).await;
+        finish(&state, connections, drained_by).await;
         Ok(())
     }
+
+    /// Serves on every listener of `listeners` (bound to one address with `SO_REUSEPORT`, so
+    /// the kernel spreads new connections over them) from a thread of its own, each with a
+    /// current-thread runtime: a connection, its session and the session's upstream calls
+    /// (the upstream pool keeps HTTP/2 connections per thread) stay on the thread that
+    /// accepted it. tokio's work-stealing runtime costs CPU on every wake-up at the rates a
+    /// gateway sees (an idle worker is woken to look for work, finds little, and sleeps again):
+    /// 0.55–0.65 ms of CPU per link attempt on 2 cores against 0.48–0.50 this way
+    /// (benches/README.md, "Threads"). Returns when every thread has stopped; `shutdown`
+    /// is polled on the calling thread, which serves `listeners[0]` in `runtime`: a
+    /// current-thread runtime the gateway was built in (its background tasks run there).
+    pub fn serve_threads(
+        self,
+        rt: tokio::runtime::Runtime,
+        listeners: Vec<std::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state;
+        let connections = TaskTracker::new();
+        // Set once the last step (flushing the store, the webhooks, the HTTP connections) is
+        // done: until then every thread keeps polling its tasks.
+        let stopped = CancellationToken::new();
+        // Each thread holds a sender until its accept loop has ended: all dropped, all ended.
+        let (loop_ended, mut loops_ended) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut listeners = listeners.into_iter();
+        let first = listeners
+            .next()
+            .ok_or_else(|| std::io::Error::other("no listener"))?;
+        let mut handles = vec![rt.handle().clone()];
+        let mut threads = Vec::new();
+        for (i, listener) in listeners.enumerate() {
+            let spawned = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|thread_rt| {
+                    handles.push(thread_rt.handle().clone());
+                    let state = state.clone();
+                    let connections = connections.clone();
+                    let thread_stopped = stopped.clone();
+                    let ended = loop_ended.clone();
+                    std::thread::Builder::new()
+                        .name(format!("qrlink-{}", i + 1))
+                        .spawn(move || {
+                            upstream::set_thread_shard(i + 1);
+                            thread_rt.block_on(async move {
+                                match TcpListener::from_std(listener) {
+                                    Ok(listener) => {
+                                        accept_loop(&state, listener, &connections).await;
+                                    }
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "cannot serve a listener");
+                                        state.shutdown.cancel();
+                                    }
+                                }
+                                drop(ended);
+                                thread_stopped.cancelled().await;
+                            });
+                        })
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // Nothing served yet: the threads started stop at once.
+                    state.shutdown.cancel();
+                    stopped.cancel();
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        drop(loop_ended);
+        crate::metrics::count_tasks_in(handles);
+        upstream::set_thread_shard(0);
+        let served = rt.block_on(async {
+            watch_shutdown(&state, shutdown);
+            let drained_by = match TcpListener::from_std(first) {
+                Ok(listener) => accept_loop(&state, listener, &connections).await,
+                Err(e) => {
+                    state.shutdown.cancel();
+                    stopped.cancel();
+                    return Err(e);
+                }
+            };
+            // Every thread's accept loop has ended (its sessions are gone or the grace is
+            // over) when every sender is dropped.
+            while loops_ended.recv().await.is_some() {}
+            finish(&state, connections, drained_by).await;
+            stopped.cancel();
+            Ok(())
+        });
+        stopped.cancel();
+        for thread in threads {
+            let _ = thread.join();
+        }
+        served
+    }
+}
+
+/// Cancels the gateway's token when `shutdown` resolves (or something else cancelled it), and
+/// lets the embedded simulator answer its held long polls so HTTP shutdown is prompt.
+fn watch_shutdown(state: &Arc<AppState>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown requested"),
+            () = state.shutdown.cancelled() => {}
+        }
+        state.ready.store(false, Ordering::SeqCst);
+        state.shutdown.cancel();
+        if let Some(sim) = &state.simulator {
+            sim.shutdown();
+        }
+    });
+}
+
+/// Accepts connections on `listener` (each a task of `connections`) until shutdown has been
+/// asked and every session has ended or the grace is over; returns when the grace ends.
+async fn accept_loop(
+    state: &Arc<AppState>,
+    listener: TcpListener,
+    connections: &TaskTracker,
+) -> tokio::time::Instant {
+    let token = state.shutdown.clone();
+    let grace = state.config.shutdown_grace;
+    // Our own accept loop rather than `axum::serve`: it sets hyper's header read timeout
+    // (slow-header clients), and lets shutdown wait for plain HTTP connections separately
+    // from the WebSocket tasks.
+    let mut make_service =
+        router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // After the signal the listener stays open while sessions say goodbye, so load balancers
+    // polling `/readyz` see 503 (and new link attempts get `gateway/shutting_down`) instead
+    // of a refused connection; it closes once every session is gone or the grace is over.
+    let mut draining = false;
+    let drain_deadline = tokio::time::sleep(grace);
+    tokio::pin!(drain_deadline);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = token.cancelled(), if !draining => {
+                draining = true;
+                state.tracker.close();
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + grace);
+                continue;
+            }
+            () = state.tracker.wait(), if draining => break,
+            () = &mut drain_deadline, if draining => {
+                tracing::warn!(open = state.tracker.len(), "sessions still open after the grace period");
+                break;
+            }
+            accepted = crate::net::accept(&listener, "gateway") => accepted,
+        };
+        let service = match make_service.call(peer).await {
+            Ok(s) => s,
+            Err(never) => match never {},
+        };
+        let token = token.clone();
+        let handshake_timeout = state.config.handshake_timeout;
+        let accepted_while_draining = draining;
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .with_upgrades();
+            tokio::pin!(conn);
+            // A connection accepted while draining gets a moment to send its one request
+            // (a readiness probe, a last link attempt that will be told to come back).
+            let settle = if accepted_while_draining {
+                DRAIN_SETTLE
+            } else {
+                std::time::Duration::ZERO
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = async { token.cancelled().await; tokio::time::sleep(settle).await } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(grace, conn).await;
+                }
+            }
+        });
+    }
+    drain_deadline.deadline()
+}
+
+/// After the accept loops: what the sessions left for other nodes reaches Redis, the webhooks
+/// of their endings get what is left of the grace, and plain HTTP connections a grace of
+/// their own.
+async fn finish(state: &Arc<AppState>, connections: TaskTracker, drained_by: tokio::time::Instant) {
+    let grace = state.config.shutdown_grace;
+    state.store.flush(grace).await;
+    state.notifier.drain(drained_by).await;
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open after the grace period");
+    }
+    tracing::info!("stopped");
 }
 
 /// A random key for the embedded simulator, so nothing else on the machine can use it as an

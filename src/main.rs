@@ -20,8 +20,8 @@ fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     match cli.command {
-        None => runtime(0)?.block_on(serve(cli.serve)),
-        Some(Command::Serve(config)) => runtime(0)?.block_on(serve(*config)),
+        None => serve(cli.serve),
+        Some(Command::Serve(config)) => serve(*config),
         Some(Command::Simulate(args)) => runtime(args.threads)?.block_on(simulate(args)),
         Some(Command::Token(args)) => {
             token(args);
@@ -57,7 +57,7 @@ fn token(args: TokenArgs) {
     println!("{}", auth::mint(&args.secret, &claims));
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(config.log_format);
     if let Err(e) = config.check() {
         // One line for the operator: as an `anyhow` error it would grow a backtrace wherever
@@ -65,20 +65,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         eprintln!("Error: {e}");
         std::process::exit(2);
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let threads = config.serving_threads();
+    let listeners = qrlink::net::bind_group(config.listen, threads)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listeners[0].local_addr()?;
     let demo = config.demo();
-    let gateway = Gateway::new(config, addr)?;
+    // The calling thread serves too, in this runtime, where the gateway's own tasks start.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let gateway = {
+        let _in_runtime = rt.enter();
+        Gateway::new(config, addr)?
+    };
     if demo {
         tracing::warn!(
             "DEMO MODE: no UNIPILE_API_KEY is set, so QR codes come from the embedded Unipile \
              simulator at /simulator and no real account can be linked"
         );
     }
-    tracing::info!(%addr, "qrlink listening; open http://{addr}/");
-    gateway.serve(listener, shutdown_signal()).await?;
+    tracing::info!(%addr, threads = listeners.len(), "qrlink listening; open http://{addr}/");
+    gateway.serve_threads(rt, listeners, shutdown_signal())?;
     Ok(())
 }
 

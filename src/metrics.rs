@@ -27,7 +27,7 @@
 //! | `qrlink_webhook_oldest_pending_seconds` | | age of the oldest pending webhook, read at render time |
 //! | `qrlink_webhook_outbox_errors_total` | op | cluster mode: Redis calls of the webhook outbox that failed, `write` (new webhooks then wait in the node) or `take` |
 //! | `qrlink_limits_tracked_addresses` | | client addresses (IPv4, IPv6 /64) the admission limits track, at most `store::limits::MAX_TRACKED` |
-//! | `qrlink_runtime_tasks_alive` | | tokio tasks alive in the runtime serving `/metrics`, read at render time |
+//! | `qrlink_runtime_tasks_alive` | | tokio tasks alive in the gateway's runtimes (every serving thread's), read at render time |
 //! | `qrlink_process_open_fds` | | open file descriptors of the process (`/proc/self/fd`, Linux only), read at render time |
 //!
 //! The last two make leaks visible: after every session has closed (`qrlink_sessions_active`
@@ -83,14 +83,29 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// The runtimes of the gateway's serving threads, when it serves from several.
+static RUNTIMES: OnceLock<Vec<tokio::runtime::Handle>> = OnceLock::new();
+
+/// Makes `qrlink_runtime_tasks_alive` count the tasks of all of `runtimes` (the serving
+/// threads', [`crate::Gateway::serve_threads`]) rather than those of the runtime serving
+/// `/metrics`. Once per process.
+pub fn count_tasks_in(runtimes: Vec<tokio::runtime::Handle>) {
+    let _ = RUNTIMES.set(runtimes);
+}
+
 /// The current metrics in Prometheus text format, with the process gauges read just now.
 pub fn render() -> String {
     let Some(handle) = install() else {
         return String::new();
     };
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        metrics::gauge!("qrlink_runtime_tasks_alive")
-            .set(runtime.metrics().num_alive_tasks() as f64);
+    let tasks = match RUNTIMES.get() {
+        Some(runtimes) => Some(runtimes.iter().map(|r| r.metrics().num_alive_tasks()).sum()),
+        None => tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|r| r.metrics().num_alive_tasks()),
+    };
+    if let Some(tasks) = tasks {
+        metrics::gauge!("qrlink_runtime_tasks_alive").set(tasks as f64);
     }
     if let Some(fds) = open_fds() {
         metrics::gauge!("qrlink_process_open_fds").set(fds as f64);

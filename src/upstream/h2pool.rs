@@ -54,6 +54,8 @@ const SETTINGS_LOOK: Duration = Duration::from_millis(1);
 /// spawned task for the response, a oneshot callback and a dispatch-channel envelope, all alive
 /// for as long as a long poll is pending.
 pub(crate) struct H2Conn {
+    /// The serving thread that opened it, whose runtime runs its task ([`super::pool`]).
+    pub shard: usize,
     sender: h2::client::SendRequest<Bytes>,
     /// Set by the connection's task when the connection has ended.
     ended: Arc<AtomicBool>,
@@ -121,6 +123,7 @@ impl H2Conn {
             mark.store(true, Ordering::Release);
         });
         let conn = Arc::new(H2Conn {
+            shard: super::pool::thread_shard(),
             sender,
             ended,
             in_flight: AtomicUsize::new(0),

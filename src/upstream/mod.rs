@@ -24,7 +24,7 @@ mod tls;
 
 pub use connect::proxies_from_env;
 pub use hyper_util::client::proxy::matcher::Matcher as ProxyMatcher;
-pub use pool::{IDLE_TIMEOUT, PoolError};
+pub use pool::{IDLE_TIMEOUT, PoolError, set_thread_shard};
 
 use connect::{Dialer, Offer};
 use pool::{CallError, Outgoing, Pool};

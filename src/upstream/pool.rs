@@ -10,6 +10,10 @@
 //! - A call the server never took (see [`SendError::NotSent`]) is sent once more, on another
 //!   connection, before it counts as a failure: the retry budget is for failures, and a
 //!   GOAWAY or a keep-alive connection closed while idle is not one.
+//! - With the gateway serving from several threads ([`crate::Gateway::serve_threads`]), each
+//!   thread leases streams only on the HTTP/2 connections it opened (their tasks run in its
+//!   runtime): a call and the connection it rides then wake each other without waking another
+//!   thread. (Idle HTTP/1.1 connections go to whichever thread asks: each carries one call.)
 //! - Idle connections are closed by a timer ([`IDLE_TIMEOUT`]); of the idle HTTP/2 ones at
 //!   most one is kept at all, of the HTTP/1.1 ones [`MAX_IDLE_HTTP1`].
 
@@ -32,6 +36,21 @@ use super::{append_limited, retry_after};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 /// Idle HTTP/1.1 connections kept for the next short call; more are closed at once.
 const MAX_IDLE_HTTP1: usize = 64;
+
+thread_local! {
+    /// Which of the gateway's serving threads this is (0 outside them).
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as serving thread `n` (see [`thread_shard`]).
+pub fn set_thread_shard(n: usize) {
+    SHARD.with(|s| s.set(n));
+}
+
+/// The serving thread the caller runs on: connections are leased within it.
+pub(crate) fn thread_shard() -> usize {
+    SHARD.with(std::cell::Cell::get)
+}
 
 const UNKNOWN: u8 = 0;
 const HTTP1: u8 = 1;
@@ -277,17 +296,18 @@ impl Pool {
         }
     }
 
-    /// A slot on the oldest open connection that has one, forgetting closed connections and
-    /// all idle ones but one.
+    /// A slot on this thread's oldest open connection that has one, forgetting closed
+    /// connections and all of this thread's idle ones but one.
     fn try_lease(&self) -> Option<Lease> {
         let cap = self.inner.streams_cap;
+        let shard = thread_shard();
         let mut conns = self.inner.h2.lock().expect("pool lock");
         let mut idle_kept = false;
         conns.retain(|c| {
             if c.closed() {
                 return false;
             }
-            if c.in_flight() == 0 {
+            if c.shard == shard && c.in_flight() == 0 {
                 // Draining ones are dropped when idle: the server wants them gone.
                 let keep = !idle_kept && c.usable();
                 idle_kept |= keep;
@@ -295,7 +315,10 @@ impl Pool {
             }
             true
         });
-        conns.iter().find_map(|c| c.try_lease(cap))
+        conns
+            .iter()
+            .filter(|c| c.shard == shard)
+            .find_map(|c| c.try_lease(cap))
     }
 
     fn take_idle_h1(&self) -> Option<H1Conn> {

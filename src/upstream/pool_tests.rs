@@ -561,3 +561,61 @@ async fn a_connection_that_stops_answering_pings_fails_its_calls_and_is_dropped(
     assert_eq!(failed.unwrap_err(), "request failed");
     assert_eq!(pool.h2_connections(), Some(0));
 }
+
+/// A thread marked as serving thread `shard`, with a current-thread runtime of its own, as
+/// `Gateway::serve_threads` runs each; it makes calls on `pool` when asked.
+struct ServingThread {
+    calls: tokio::sync::mpsc::UnboundedSender<(
+        hyper::Uri,
+        tokio::sync::oneshot::Sender<Result<String, String>>,
+    )>,
+}
+
+impl ServingThread {
+    fn start(shard: usize, pool: Pool) -> ServingThread {
+        let (calls, mut asked) = tokio::sync::mpsc::unbounded_channel::<(
+            hyper::Uri,
+            tokio::sync::oneshot::Sender<Result<String, String>>,
+        )>();
+        std::thread::spawn(move || {
+            super::set_thread_shard(shard);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                while let Some((uri, answer)) = asked.recv().await {
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        let _ = answer.send(call(&pool, &uri).await);
+                    });
+                }
+            });
+        });
+        ServingThread { calls }
+    }
+
+    async fn call(&self, uri: hyper::Uri) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.calls.send((uri, tx)).unwrap();
+        tokio::time::timeout(WAIT, rx).await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn each_serving_thread_calls_on_http2_connections_it_opened() {
+    let server = server(Alpn::Both, None).await;
+    let pool = server.pool(Offer::Both, 100);
+    let one = ServingThread::start(1, pool.clone());
+    let two = ServingThread::start(2, pool.clone());
+    // Thread 1 opens a connection; thread 2 opens its own rather than taking a stream on
+    // thread 1's (whose task runs in thread 1's runtime); then each goes on with its own.
+    for (thread, connections) in [(&one, 1), (&two, 2), (&one, 2), (&two, 2), (&one, 2)] {
+        assert_eq!(thread.call(server.uri("/")).await.unwrap(), "HTTP/2.0");
+        assert_eq!(server.accepted.load(Ordering::SeqCst), connections);
+        assert_eq!(pool.h2_connections(), Some(connections));
+    }
+    // The calling thread (not a serving thread: 0) has a connection of its own too.
+    assert_eq!(call(&pool, &server.uri("/")).await.unwrap(), "HTTP/2.0");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
+}

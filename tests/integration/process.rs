@@ -432,3 +432,107 @@ async fn startup_refuses_bad_webhook_settings_with_one_clear_line() {
         assert!(!stderr.contains("hunter2"), "no secret echoed: {stderr}");
     }
 }
+
+/// Voluntary context switches of each of `pid`'s threads named `qrlink-N` (the serving threads
+/// after the first): a thread that nobody wakes, waiting in its runtime for work, has none.
+fn serving_thread_wakeups(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("a Linux /proc") {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name
+            .strip_prefix("qrlink-")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.insert(name.to_owned(), switches);
+    }
+    out
+}
+
+/// `--threads 3`: three threads, each with its own listening socket on the one port, every one
+/// of them serving link attempts; another gateway cannot take the port; SIGTERM ends the
+/// sessions of every thread with `gateway/shutting_down` and the process exits cleanly.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn with_three_serving_threads_each_serves_attempts_the_port_stays_ours_and_sigterm_ends_all()
+{
+    let sim = TestSimulator::start(sim_config(Duration::from_secs(30), 2)).await;
+    let mut bin = start_binary_with(&sim.url(), "info", &["--threads", "3"], &[]).await;
+    bin.wait_for_log(|l| l.contains("threads=3")).await;
+    let pid = bin.child.id().expect("running");
+    // The calling thread serves too, and two more (started just after the log line).
+    let started = tokio::time::Instant::now();
+    let before = loop {
+        let threads = serving_thread_wakeups(pid);
+        if threads.keys().eq(["qrlink-1", "qrlink-2"].iter()) {
+            break threads;
+        }
+        assert!(started.elapsed() < WAIT, "serving threads: {threads:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // 60 connections from as many source ports: the kernel hashes each to one of the three
+    // sockets, so that one thread gets none is a chance of 3 × (2/3)^60, about 1e-10.
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        let provider = ["whatsapp", "telegram", "google_messages"][i % 3];
+        let mut c = WsClient::connect(&format!("ws://{}/ws/link/{provider}", bin.addr)).await;
+        c.qr().await;
+        clients.push(c);
+    }
+    let after = serving_thread_wakeups(pid);
+    for (name, n) in &after {
+        assert!(
+            *n > before[name],
+            "{name} served nothing: {before:?} → {after:?}"
+        );
+    }
+
+    // Another gateway on the same address is refused (no SO_REUSEPORT sharing with it).
+    let second = Command::new(env!("CARGO_BIN_EXE_qrlink"))
+        .args(["--listen", &bin.addr, "--threads", "2"])
+        .args([
+            "--unipile-api-url",
+            &sim.url(),
+            "--unipile-api-key",
+            API_KEY,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let second = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second gateway exits at once")
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains(&format!("cannot listen on {}", bin.addr)),
+        "{said}"
+    );
+
+    sigterm(&bin.child);
+    for c in &mut clients {
+        let (frames, code) = frames_until_close(c).await;
+        assert!(
+            matches!(&frames[..], [f] if matches!(&f.frame, ServerFrame::Error(e) if e.code == "gateway/shutting_down")),
+            "{frames:?}"
+        );
+        assert_eq!(code, close::GOING_AWAY);
+    }
+    let status = tokio::time::timeout(WAIT, bin.child.wait())
+        .await
+        .expect("the process exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
