@@ -1,9 +1,22 @@
-//! Opening a connection to Unipile: DNS, both address families raced (happy eyeballs), an
-//! HTTP proxy when the environment names one (read as reqwest reads it), TLS with ALPN.
+//! Opening a connection to Unipile: DNS, both address families raced (happy eyeballs), a proxy
+//! when the environment names one, TLS with ALPN.
+//!
+//! Proxies are read as reqwest reads them (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, minus
+//! `NO_PROXY`), and the same proxy URLs work:
+//! - `http://[user:password@]host[:80]`: `CONNECT` tunnels to an `https://` upstream (or for
+//!   HTTP/2 by prior knowledge), requests in absolute form to an `http://` one;
+//! - `https://[user:password@]host[:443]`: the same inside TLS to the proxy, which must present
+//!   a certificate the upstream's roots (with `--upstream-ca-file`) vouch for;
+//! - `socks5://[user:password@]host[:1080]` (the name resolved here, the address sent) and
+//!   `socks5h://…` (the name sent, the proxy resolves it), with RFC 1929 user and password;
+//! - `socks4://[user@]host[:1080]` and `socks4a://…` (a user id, no password).
+//!
+//! Any other scheme the proxy rules pass on is refused when the client is built.
 //!
 //! Every failure is logged here at debug with its real cause (the resolver's, the socket's,
-//! rustls's or the proxy's answer); the caller only sees a [`PoolError`] that carries no URL,
-//! header or body.
+//! rustls's, or the proxy's answer: its status, its SOCKS reply in words, its TLS error); the
+//! caller only sees a [`PoolError`] that carries no URL, header or body. No log line carries a
+//! proxy's user name or password.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +36,10 @@ use tokio_rustls::client::TlsStream;
 
 use super::pool::PoolError;
 use super::tls;
+use socks::Socks;
+
+#[path = "socks.rs"]
+mod socks;
 
 /// RFC 8305's "Connection Attempt Delay": how long one address gets before the next (of the
 /// other family first) is tried alongside it.
@@ -52,21 +69,107 @@ pub(crate) enum Offer {
 
 /// A TCP connection, or TLS over one.
 pub(crate) enum Stream {
-    /// Plain TCP (an `http://` upstream).
+    /// Plain TCP (an `http://` upstream), direct or through a tunnel.
     Plain(TcpStream),
-    /// TLS; boxed, for rustls's connection state is about a kilobyte.
+    /// TLS; boxed, for rustls's connection state is about a kilobyte. Also TLS to an
+    /// `https://` proxy carrying plain HTTP to an `http://` upstream.
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS to the upstream inside a tunnel through TLS to an `https://` proxy: rare, so it
+    /// costs the other variants nothing.
+    TlsInTls(Box<TlsStream<TlsStream<TcpStream>>>),
 }
 
 /// A proxy on the way, from `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` (minus `NO_PROXY`).
 struct ProxyHop {
     host: String,
     port: u16,
-    /// `Proxy-Authorization`, from the proxy URL's user and password.
-    auth: Option<HeaderValue>,
-    /// `CONNECT` a tunnel (TLS, or HTTP/2 by prior knowledge); else requests are forwarded in
-    /// absolute form (plain HTTP/1.1, as reqwest does for `http://`).
-    tunnel: bool,
+    /// TLS to the proxy itself (`https://` proxies): the upstream's roots, ALPN `http/1.1`.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    via: Via,
+}
+
+/// What is spoken to a proxy, once connected to it.
+enum Via {
+    /// HTTP (`http://` and `https://` proxies).
+    Http {
+        /// `Proxy-Authorization`, from the proxy URL's user and password.
+        auth: Option<HeaderValue>,
+        /// `CONNECT` a tunnel (TLS, or HTTP/2 by prior knowledge); else requests are
+        /// forwarded in absolute form (plain HTTP/1.1, as reqwest does for `http://`).
+        tunnel: bool,
+    },
+    /// SOCKS (`socks5://`, `socks5h://`, `socks4://`, `socks4a://`): always a tunnel.
+    Socks(Socks),
+}
+
+/// The proxy URL schemes understood, for the error naming them.
+const PROXY_SCHEMES: &str = "http://, https://, socks5://, socks5h://, socks4:// or socks4a://";
+
+impl ProxyHop {
+    /// The proxy at `uri` (a proxy URL as the matcher gives it), with the user info the
+    /// matcher took out of it: `basic` for HTTP, `raw` for SOCKS. `tunnel`: whether an HTTP
+    /// proxy must tunnel. The error never carries the password.
+    fn new(
+        uri: &hyper::Uri,
+        basic: Option<&HeaderValue>,
+        raw: Option<(&str, &str)>,
+        tunnel: bool,
+        roots: &rustls::RootCertStore,
+    ) -> Result<ProxyHop, String> {
+        let scheme = uri.scheme_str().unwrap_or("");
+        let host = uri
+            .host()
+            .ok_or("proxy without a host")?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let (via, default_port, tls) = match scheme {
+            "http" | "https" => {
+                let via = Via::Http {
+                    auth: basic.cloned(),
+                    tunnel,
+                };
+                let tls = if scheme == "https" {
+                    let name = ServerName::try_from(host.clone())
+                        .map_err(|_| format!("proxy {host:?} is not a TLS server name"))?;
+                    Some((tls::connector(roots.clone(), Offer::Http1), name))
+                } else {
+                    None
+                };
+                (via, if tls.is_some() { 443 } else { 80 }, tls)
+            }
+            _ => match Socks::from_url(scheme, raw)? {
+                // 1080: the port IANA assigned to SOCKS, reqwest's and curl's default too.
+                Some(socks) => (Via::Socks(socks), 1080, None),
+                None => {
+                    return Err(format!(
+                        "proxy scheme {scheme:?}: the proxy URL must be {PROXY_SCHEMES}"
+                    ));
+                }
+            },
+        };
+        Ok(ProxyHop {
+            host,
+            port: uri.port_u16().unwrap_or(default_port),
+            tls,
+            via,
+        })
+    }
+
+    /// Over a connection to the proxy, asks for the way to `host:port`: a tunnel (`CONNECT`
+    /// or SOCKS), or nothing for a forwarding HTTP proxy.
+    async fn open<S>(&self, stream: &mut S, host: &str, port: u16) -> Result<(), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match &self.via {
+            Via::Http { tunnel: false, .. } => Ok(()),
+            Via::Http { auth, tunnel: true } => tunnel(stream, host, port, auth.as_ref()).await,
+            Via::Socks(socks) => {
+                let target = socks.target(host, port).await?;
+                socks.connect(stream, &target).await
+            }
+        }
+    }
 }
 
 /// Opens connections to one upstream.
@@ -86,8 +189,8 @@ pub(crate) struct Dialed {
 }
 
 impl Dialer {
-    /// A dialer for `url` (`http` or `https`); `roots` are the TLS roots, `proxies` the
-    /// environment's proxy rules.
+    /// A dialer for `url` (`http` or `https`); `roots` are the TLS roots (of the upstream, and
+    /// of an `https://` proxy), `proxies` the environment's proxy rules.
     pub fn new(
         url: &url::Url,
         offer: Offer,
@@ -101,15 +204,6 @@ impl Dialer {
             .trim_matches(['[', ']'])
             .to_owned();
         let port = url.port_or_known_default().ok_or("no port")?;
-        let tls = match url.scheme() {
-            "http" => None,
-            "https" => {
-                let name = ServerName::try_from(host.clone())
-                    .map_err(|_| format!("{host:?} is not a TLS server name"))?;
-                Some((tls::connector(roots, offer), name))
-            }
-            other => return Err(format!("scheme {other:?}")),
-        };
         let proxy = match url
             .as_str()
             .parse::<hyper::Uri>()
@@ -118,24 +212,28 @@ impl Dialer {
         {
             None => None,
             Some(intercept) => {
-                let proxy = intercept.uri();
-                if proxy.scheme_str() != Some("http") {
-                    return Err(format!(
-                        "proxy scheme {:?}: only http:// proxies are supported",
-                        proxy.scheme_str().unwrap_or("")
-                    ));
+                let tunnel = url.scheme() == "https" || offer == Offer::Http2;
+                let hop = ProxyHop::new(
+                    intercept.uri(),
+                    intercept.basic_auth(),
+                    intercept.raw_auth(),
+                    tunnel,
+                    &roots,
+                )?;
+                if let Via::Socks(socks) = &hop.via {
+                    socks.check_target(&host)?;
                 }
-                Some(ProxyHop {
-                    host: proxy
-                        .host()
-                        .ok_or("proxy without a host")?
-                        .trim_matches(['[', ']'])
-                        .to_owned(),
-                    port: proxy.port_u16().unwrap_or(80),
-                    auth: intercept.basic_auth().cloned(),
-                    tunnel: tls.is_some() || offer == Offer::Http2,
-                })
+                Some(hop)
             }
+        };
+        let tls = match url.scheme() {
+            "http" => None,
+            "https" => {
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|_| format!("{host:?} is not a TLS server name"))?;
+                Some((tls::connector(roots, offer), name))
+            }
+            other => return Err(format!("scheme {other:?}")),
         };
         Ok(Dialer {
             host,
@@ -150,10 +248,13 @@ impl Dialer {
     /// Whether requests go to a forwarding proxy, in absolute form; with its
     /// `Proxy-Authorization`, if any.
     pub fn forward_proxy(&self) -> Option<Option<&HeaderValue>> {
-        self.proxy
-            .as_ref()
-            .filter(|p| !p.tunnel)
-            .map(|p| p.auth.as_ref())
+        match self.proxy.as_ref().map(|p| &p.via) {
+            Some(Via::Http {
+                auth,
+                tunnel: false,
+            }) => Some(auth.as_ref()),
+            _ => None,
+        }
     }
 
     /// The connect timeout.
@@ -183,36 +284,73 @@ impl Dialer {
 
     async fn dial_inner(&self) -> Result<Dialed, (PoolError, String)> {
         let connect_failed = |e: String| (PoolError::Connect, e);
-        let tcp = match &self.proxy {
-            None => connect_tcp(&self.host, self.port)
+        let Some(proxy) = &self.proxy else {
+            let tcp = connect_tcp(&self.host, self.port)
                 .await
-                .map_err(|e| connect_failed(format!("{}:{}: {e}", self.host, self.port)))?,
-            Some(proxy) => {
-                let mut tcp = connect_tcp(&proxy.host, proxy.port).await.map_err(|e| {
-                    connect_failed(format!("proxy {}:{}: {e}", proxy.host, proxy.port))
-                })?;
-                if proxy.tunnel {
-                    tunnel(&mut tcp, &self.host, self.port, proxy.auth.as_ref())
-                        .await
-                        .map_err(|e| {
-                            connect_failed(format!("proxy {}:{}: {e}", proxy.host, proxy.port))
-                        })?;
-                }
-                tcp
-            }
+                .map_err(|e| connect_failed(format!("{}:{}: {e}", self.host, self.port)))?;
+            let _ = tcp.set_nodelay(true);
+            return self
+                .finish(tcp, Stream::Plain, |s| Stream::Tls(Box::new(s)))
+                .await;
         };
+        let proxy_failed =
+            |e: String| connect_failed(format!("proxy {}:{}: {e}", proxy.host, proxy.port));
+        let tcp = connect_tcp(&proxy.host, proxy.port)
+            .await
+            .map_err(|e| proxy_failed(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        match &proxy.tls {
+            None => {
+                let mut tcp = tcp;
+                proxy
+                    .open(&mut tcp, &self.host, self.port)
+                    .await
+                    .map_err(proxy_failed)?;
+                self.finish(tcp, Stream::Plain, |s| Stream::Tls(Box::new(s)))
+                    .await
+            }
+            Some((connector, name)) => {
+                let mut tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| proxy_failed(format!("TLS: {e}")))?;
+                proxy
+                    .open(&mut tls, &self.host, self.port)
+                    .await
+                    .map_err(proxy_failed)?;
+                self.finish(
+                    tls,
+                    |s| Stream::Tls(Box::new(s)),
+                    |s| Stream::TlsInTls(Box::new(s)),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Over `io` (to the upstream, or a tunnel to it): TLS with ALPN when the upstream is
+    /// `https://`, and what the connection speaks. `plain` and `tls` make a [`Stream`] of
+    /// either.
+    async fn finish<IO>(
+        &self,
+        io: IO,
+        plain: impl FnOnce(IO) -> Stream,
+        tls: impl FnOnce(TlsStream<IO>) -> Stream,
+    ) -> Result<Dialed, (PoolError, String)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let Some((connector, name)) = &self.tls else {
             let protocol = match self.offer {
                 Offer::Http2 => Protocol::Http2,
                 Offer::Http1 | Offer::Both => Protocol::Http1,
             };
             return Ok(Dialed {
-                stream: Stream::Plain(tcp),
+                stream: plain(io),
                 protocol,
             });
         };
-        let stream = connector.connect(name.clone(), tcp).await.map_err(|e| {
+        let stream = connector.connect(name.clone(), io).await.map_err(|e| {
             // A server that knows ALPN but none of what was offered refuses the handshake.
             let no_protocol =
                 rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol);
@@ -234,7 +372,7 @@ impl Dialer {
             return Err((PoolError::NoH2, "the server did not agree to h2".into()));
         }
         Ok(Dialed {
-            stream: Stream::Tls(Box::new(stream)),
+            stream: tls(stream),
             protocol,
         })
     }
@@ -243,6 +381,11 @@ impl Dialer {
 /// Resolves `host` and connects to its addresses, both families raced.
 async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    connect_addrs(addrs).await
+}
+
+/// Connects to the first of `addrs` to answer, both families raced.
+async fn connect_addrs(addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
     race(interleave(addrs), ATTEMPT_DELAY, TcpStream::connect).await
 }
 
@@ -312,12 +455,15 @@ where
 }
 
 /// `CONNECT host:port` through an HTTP proxy; on success `tcp` carries the tunnel.
-async fn tunnel(
-    tcp: &mut TcpStream,
+async fn tunnel<S>(
+    tcp: &mut S,
     host: &str,
     port: u16,
     auth: Option<&HeaderValue>,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let authority = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -372,6 +518,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsInTls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -385,6 +532,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsInTls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -392,6 +540,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsInTls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -399,17 +548,55 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsInTls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
-/// The proxy rules of the environment, as reqwest reads them.
+/// The variables the proxy rules are read from, as reqwest reads them.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The proxy rules of the environment, as reqwest reads them. A value the rules cannot use (an
+/// unknown scheme such as `ftp://`, or no host) is ignored, by reqwest as here; here with a
+/// warning naming the variable, not its value, which may hold a password.
 pub fn proxies_from_env() -> Matcher {
+    for name in PROXY_VARIABLES {
+        let value = std::env::var(name).unwrap_or_default();
+        if ignored_proxy_url(&value) {
+            tracing::warn!(
+                variable = name,
+                "proxy variable ignored: its value is not a proxy URL \
+                 ({PROXY_SCHEMES}, with a host)"
+            );
+        }
+    }
     Matcher::from_env()
+}
+
+/// Whether the proxy rules ignore `value` though it is set: an unknown scheme, no host.
+fn ignored_proxy_url(value: &str) -> bool {
+    let probe = hyper::Uri::from_static("https://unipile.invalid/");
+    !value.is_empty()
+        && Matcher::builder()
+            .all(value.to_owned())
+            .build()
+            .intercept(&probe)
+            .is_none()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use tokio::net::{TcpListener, TcpSocket};
+
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {
@@ -481,5 +668,159 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// A listener on `ip` whose accept queue is full: nobody accepts, so the kernel drops
+    /// further SYNs and a connect to it hangs. `Err` says why not, when this kernel answers
+    /// them anyway. The streams that fill the queue are returned to be kept open.
+    async fn black_hole(ip: IpAddr) -> Result<(TcpListener, Vec<TcpStream>), String> {
+        let socket = match ip {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+        let listener = socket.listen(1).map_err(|e| format!("listen: {e}"))?;
+        let addr = listener.local_addr().unwrap();
+        let mut filling = Vec::new();
+        // Linux queues backlog + 1 connections; a few more tries for other kernels.
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => filling.push(stream),
+                Ok(Err(e)) => return Err(format!("connect to the full listener failed: {e}")),
+                // The connect hangs: the hole swallows SYNs.
+                Err(_) => return Ok((listener, filling)),
+            }
+        }
+        Err(format!(
+            "{} connects to a listener with a backlog of 1 all completed",
+            filling.len()
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_first_address_that_swallows_syns_gives_way_to_a_real_server_after_the_attempt_delay()
+    {
+        // Addresses are given directly: the resolver here maps `localhost` to 127.0.0.1 only,
+        // and `connect_addrs` is what a dial runs on the resolver's answer.
+        let connect_timeout = Duration::from_secs(10);
+        for (hole_ip, server_ip) in [("::1", "127.0.0.1"), ("127.0.0.1", "::1")] {
+            let hole_ip: IpAddr = hole_ip.parse().unwrap();
+            let (hole, _filling) = match black_hole(hole_ip).await {
+                Ok(hole) => hole,
+                Err(why) if std::env::var_os("CI").is_none() => {
+                    eprintln!("skipped: no black hole on {hole_ip} here: {why}");
+                    return;
+                }
+                Err(why) => panic!("no black hole on {hole_ip}: {why}"),
+            };
+            let hole = hole.local_addr().unwrap();
+            let server = TcpListener::bind((server_ip, 0)).await.unwrap();
+            let server_addr = server.local_addr().unwrap();
+            let started = std::time::Instant::now();
+            let stream =
+                tokio::time::timeout(connect_timeout, connect_addrs(vec![hole, server_addr]))
+                    .await
+                    .unwrap_or_else(|_| panic!("{hole} then {server_addr}: no connection"))
+                    .unwrap_or_else(|e| panic!("{hole} then {server_addr}: {e}"));
+            let took = started.elapsed();
+            assert_eq!(stream.peer_addr().unwrap(), server_addr);
+            let (accepted, _) = tokio::time::timeout(connect_timeout, server.accept())
+                .await
+                .expect("the server accepts the connection")
+                .unwrap();
+            assert_eq!(accepted.peer_addr().unwrap(), stream.local_addr().unwrap());
+            assert!(
+                took >= ATTEMPT_DELAY,
+                "{hole} then {server_addr}: connected after {took:?}, before the attempt delay"
+            );
+            assert!(
+                took < ATTEMPT_DELAY + Duration::from_secs(1),
+                "{hole} then {server_addr}: connected after {took:?}, expected about {ATTEMPT_DELAY:?}"
+            );
+        }
+    }
+
+    fn hop(uri: &str, raw: Option<(&str, &str)>) -> Result<ProxyHop, String> {
+        ProxyHop::new(
+            &uri.parse().unwrap(),
+            None,
+            raw,
+            true,
+            &rustls::RootCertStore::empty(),
+        )
+    }
+
+    #[test]
+    fn proxy_urls_get_their_schemes_default_port() {
+        for (uri, port) in [
+            ("http://p", 80),
+            ("https://p", 443),
+            ("socks5://p", 1080),
+            ("socks5h://p", 1080),
+            ("socks4://p", 1080),
+            ("socks4a://p", 1080),
+            ("socks5h://p:9050", 9050),
+        ] {
+            assert_eq!(hop(uri, None).unwrap().port, port, "{uri}");
+        }
+        assert!(hop("https://p", None).unwrap().tls.is_some());
+        assert!(hop("socks5://p", None).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn an_unsupported_proxy_scheme_is_refused_with_the_schemes_that_work() {
+        let err = hop("ftp://p:21", None).err().unwrap();
+        assert!(err.contains("\"ftp\""), "{err}");
+        assert!(err.contains("socks5h://"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_socks_user_or_password_is_refused_without_showing_the_password() {
+        let long = "u".repeat(256);
+        for (uri, raw) in [
+            ("socks4://p", ("user", "hunter2")),
+            ("socks5://p", (long.as_str(), "hunter2")),
+            ("socks5://p", ("", "hunter2")),
+        ] {
+            let err = hop(uri, Some(raw)).err().unwrap();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.starts_with(uri.split(':').next().unwrap()), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_socks4_proxy_is_refused_for_an_ipv6_upstream() {
+        let url = url::Url::parse("https://[::1]:443").unwrap();
+        let via = Matcher::builder().all("socks4://127.0.0.1").build();
+        let err = Dialer::new(
+            &url,
+            Offer::Both,
+            rustls::RootCertStore::empty(),
+            &via,
+            ATTEMPT_DELAY,
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("IPv6"), "{err}");
+    }
+
+    #[test]
+    fn proxy_values_the_rules_ignore_are_told_apart_from_those_they_use() {
+        for used in [
+            "",
+            "http://p:3128",
+            "p:3128",
+            "https://u:p@p",
+            "socks5h://p",
+            "socks4a://p",
+        ] {
+            assert!(!ignored_proxy_url(used), "{used}");
+        }
+        for ignored in ["ftp://p", "quic://p:443", "http://"] {
+            assert!(ignored_proxy_url(ignored), "{ignored}");
+        }
     }
 }
