@@ -592,6 +592,10 @@ fn ignored_proxy_url(value: &str) -> bool {
 }
 
 #[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod proxy_tests;
+
+#[cfg(test)]
 mod tests {
     use std::net::IpAddr;
 
@@ -741,6 +745,16 @@ mod tests {
                 "{hole} then {server_addr}: connected after {took:?}, expected about {ATTEMPT_DELAY:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_stream_is_no_larger_than_a_tcp_stream_and_a_tag() {
+        // Every pending HTTP/1.1 long poll holds one; the TLS variants are boxed.
+        let size = std::mem::size_of::<Stream>();
+        assert!(
+            size <= std::mem::size_of::<TcpStream>() + std::mem::size_of::<usize>(),
+            "a Stream of {size} bytes"
+        );
     }
 
     fn hop(uri: &str, raw: Option<(&str, &str)>) -> Result<ProxyHop, String> {

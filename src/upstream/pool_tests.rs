@@ -27,11 +27,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A TLS server for `localhost` on 127.0.0.1:0. `/hold` waits until `release` is notified;
 /// anything else answers at once with the request's HTTP version.
 #[derive(Clone)]
-struct Server {
-    port: u16,
-    cert: SelfSigned,
+pub(super) struct Server {
+    pub(super) port: u16,
+    pub(super) cert: SelfSigned,
     /// Connections accepted, and connections closed.
-    accepted: Arc<AtomicUsize>,
+    pub(super) accepted: Arc<AtomicUsize>,
     closed: watch::Sender<usize>,
     /// Requests being handled now, as they change.
     in_flight: watch::Sender<usize>,
@@ -42,7 +42,7 @@ struct Server {
     goaway: Arc<Notify>,
 }
 
-async fn server(alpn: Alpn, max_streams: Option<u32>) -> Server {
+pub(super) async fn server(alpn: Alpn, max_streams: Option<u32>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server {
         port: listener.local_addr().unwrap().port(),
@@ -161,7 +161,7 @@ impl Server {
         )
     }
 
-    fn uri(&self, path: &str) -> hyper::Uri {
+    pub(super) fn uri(&self, path: &str) -> hyper::Uri {
         format!("https://localhost:{}{path}", self.port)
             .parse()
             .unwrap()
@@ -182,7 +182,7 @@ impl Server {
 }
 
 /// Sends a POST to `uri` and returns the answer's body as text.
-async fn call(pool: &Pool, uri: &hyper::Uri) -> Result<String, String> {
+pub(super) async fn call(pool: &Pool, uri: &hyper::Uri) -> Result<String, String> {
     let key = HeaderValue::from_static("k");
     let body = Bytes::from_static(b"{}");
     let out = Outgoing {
