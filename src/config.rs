@@ -168,8 +168,8 @@ pub struct Config {
     /// on a few connections; HTTP/1.1: a connection per pending long poll); plain `http://`
     /// speaks HTTP/1.1. `2`: HTTP/2 only (`https://`: the server must agree by ALPN; plain
     /// `http://`: spoken from the first byte, as `qrlink simulate` understands). `1.1`:
-    /// HTTP/1.1 only. HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured (http://
-    /// proxies).
+    /// HTTP/1.1 only. HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured (http://,
+    /// https://, socks5://, socks5h://, socks4:// and socks4a:// proxies).
     #[arg(long, env = "QRLINK_UPSTREAM_HTTP", default_value = "auto")]
     pub upstream_http: UpstreamHttp,
 
