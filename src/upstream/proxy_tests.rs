@@ -108,10 +108,11 @@ async fn https_proxy(required: Option<String>) -> Proxy {
     proxy
 }
 
-/// A SOCKS5 proxy (RFC 1928) over TCP; with `required`, only for that user and password
-/// (RFC 1929). Records each `CONNECT` target as `address:port` or `name:port`, and a refused
+/// A SOCKS proxy over TCP: SOCKS5 (RFC 1928), with `required` only for that user and password
+/// (RFC 1929); and SOCKS4/4a, whatever the user id. Records each `CONNECT` target as
+/// `address:port` or `name:port` (SOCKS4: after the user id and `@`, if any), and a refused
 /// login as `refused login`.
-async fn socks5_proxy(required: Option<(&'static str, &'static str)>) -> Proxy {
+async fn socks_proxy(required: Option<(&'static str, &'static str)>) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = Proxy {
         port: listener.local_addr().unwrap().port(),
@@ -123,10 +124,14 @@ async fn socks5_proxy(required: Option<(&'static str, &'static str)>) -> Proxy {
         while let Ok((mut client, _)) = listener.accept().await {
             let asked = asked.clone();
             tokio::spawn(async move {
-                if let Ok(Some(port)) = socks5_serve(&mut client, required, &asked).await {
+                if let Ok(Some((port, version))) = socks_serve(&mut client, required, &asked).await
+                {
                     if let Some(mut upstream) = to_the_server(port).await {
-                        let reply = [5, 0, 0, 1, 127, 0, 0, 1, 0, 0];
-                        if client.write_all(&reply).await.is_ok() {
+                        let reply: &[u8] = match version {
+                            4 => &[0, 90, 0, 0, 0, 0, 0, 0],
+                            _ => &[5, 0, 0, 1, 127, 0, 0, 1, 0, 0],
+                        };
+                        if client.write_all(reply).await.is_ok() {
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                         }
                     }
@@ -137,18 +142,37 @@ async fn socks5_proxy(required: Option<(&'static str, &'static str)>) -> Proxy {
     proxy
 }
 
-/// The server side of a SOCKS5 handshake up to the `CONNECT` request: the port asked for, or
-/// `None` once the client was refused.
-async fn socks5_serve<S>(
+/// The server side of a SOCKS handshake up to the `CONNECT` request: the port asked for and
+/// the version spoken, or `None` once the client was refused.
+async fn socks_serve<S>(
     client: &mut S,
     required: Option<(&str, &str)>,
     asked: &watch::Sender<Vec<String>>,
-) -> std::io::Result<Option<u16>>
+) -> std::io::Result<Option<(u16, u8)>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let [version, count] = read::<2, _>(client).await?;
-    assert_eq!(version, 5, "a SOCKS5 greeting");
+    let [version] = read::<1, _>(client).await?;
+    if version == 4 {
+        let [command, port_high, port_low, a, b, c, d] = read::<7, _>(client).await?;
+        assert_eq!(command, 1, "CONNECT");
+        let user = read_until_nul(client).await?;
+        let host = match (a, b, c) {
+            // SOCKS4a: 0.0.0.x, a name follows.
+            (0, 0, 0) => read_until_nul(client).await?,
+            _ => std::net::Ipv4Addr::new(a, b, c, d).to_string(),
+        };
+        let port = u16::from_be_bytes([port_high, port_low]);
+        let at = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        asked.send_modify(|v| v.push(format!("{at}{host}:{port}")));
+        return Ok(Some((port, 4)));
+    }
+    assert_eq!(version, 5, "a SOCKS greeting");
+    let [count] = read::<1, _>(client).await?;
     let mut methods = vec![0u8; usize::from(count)];
     client.read_exact(&mut methods).await?;
     let wanted = if required.is_some() { 2 } else { 0 };
@@ -189,7 +213,17 @@ where
     };
     let port = u16::from_be_bytes(read::<2, _>(client).await?);
     asked.send_modify(|v| v.push(format!("{host}:{port}")));
-    Ok(Some(port))
+    Ok(Some((port, 5)))
+}
+
+async fn read_until_nul<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<String> {
+    let mut text = Vec::new();
+    loop {
+        match read::<1, _>(s).await? {
+            [0] => return Ok(String::from_utf8(text).unwrap()),
+            [byte] => text.push(byte),
+        }
+    }
 }
 
 async fn read<const N: usize, S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<[u8; N]> {
@@ -200,13 +234,23 @@ async fn read<const N: usize, S: AsyncRead + Unpin>(s: &mut S) -> std::io::Resul
 
 /// A pool for `server` through `proxies`, trusting the server's certificate and `also`'s.
 fn pool_via(server: &Server, proxies: &ProxyMatcher, also: Option<&SelfSigned>) -> Pool {
+    pool_timed(server, proxies, also, WAIT)
+}
+
+/// [`pool_via`] with a connect timeout of its own.
+fn pool_timed(
+    server: &Server,
+    proxies: &ProxyMatcher,
+    also: Option<&SelfSigned>,
+    connect_timeout: Duration,
+) -> Pool {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server.cert.cert_der.clone()).unwrap();
     if let Some(cert) = also {
         roots.add(cert.cert_der.clone()).unwrap();
     }
     let url = url::Url::parse(&format!("https://localhost:{}", server.port)).unwrap();
-    let dialer = Dialer::new(&url, Offer::Both, roots, proxies, WAIT).unwrap();
+    let dialer = Dialer::new(&url, Offer::Both, roots, proxies, connect_timeout).unwrap();
     Pool::new(dialer, 100, WAIT)
 }
 
@@ -354,7 +398,7 @@ async fn socks5_sends_the_address_it_resolved_and_socks5h_the_name_with_and_with
     let server = server(Alpn::Both, None).await;
     for scheme in ["socks5", "socks5h"] {
         for credentials in [None, Some((USER, PASSWORD))] {
-            let proxy = socks5_proxy(credentials).await;
+            let proxy = socks_proxy(credentials).await;
             let via = ProxyMatcher::builder()
                 .https(proxy.url(scheme, credentials))
                 .build();
@@ -383,7 +427,7 @@ async fn socks5_sends_the_address_it_resolved_and_socks5h_the_name_with_and_with
 async fn a_wrong_socks5_password_fails_the_call_cleanly_and_is_not_logged() {
     let server = server(Alpn::Both, None).await;
     for scheme in ["socks5", "socks5h"] {
-        let proxy = socks5_proxy(Some((USER, "right"))).await;
+        let proxy = socks_proxy(Some((USER, "right"))).await;
         let via = ProxyMatcher::builder()
             .https(proxy.url(scheme, Some((USER, PASSWORD))))
             .build();
@@ -417,7 +461,7 @@ async fn a_wrong_socks5_password_fails_the_call_cleanly_and_is_not_logged() {
 async fn no_proxy_goes_around_https_and_socks_proxies() {
     let server = server(Alpn::Both, None).await;
     let https = https_proxy(None).await;
-    let socks5 = socks5_proxy(None).await;
+    let socks5 = socks_proxy(None).await;
     for (proxy, url) in [
         (&https, https.url("https", None)),
         (&socks5, socks5.url("socks5", None)),
@@ -491,4 +535,58 @@ async fn a_plain_http_upstream_goes_through_an_https_proxy_as_absolute_form_requ
         head.contains("proxy-authorization: Basic dTpw\r\n"),
         "{head}"
     );
+}
+
+#[tokio::test]
+async fn socks4_sends_an_ipv4_address_and_socks4a_the_name_with_the_user_id() {
+    let server = server(Alpn::Both, None).await;
+    let proxy = socks_proxy(None).await;
+    for (scheme, user, expected) in [
+        ("socks4", None, format!("127.0.0.1:{}", server.port)),
+        ("socks4a", None, format!("localhost:{}", server.port)),
+        (
+            "socks4a",
+            Some((USER, "")),
+            format!("{USER}@localhost:{}", server.port),
+        ),
+    ] {
+        let via = ProxyMatcher::builder()
+            .https(proxy.url(scheme, user))
+            .build();
+        let pool = pool_via(&server, &via, None);
+        assert_eq!(call(&pool, &server.uri("/")).await.unwrap(), "HTTP/2.0");
+        assert_eq!(proxy.asked().last(), Some(&expected), "{scheme}");
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_that_never_answers_fails_the_call_at_the_connect_timeout() {
+    // Accepts connections, holds them, says nothing: no TLS handshake, no SOCKS answer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let server = server(Alpn::Both, None).await;
+    for url in [
+        format!("https://{USER}:{PASSWORD}@localhost:{port}"),
+        format!("socks5h://{USER}:{PASSWORD}@127.0.0.1:{port}"),
+        format!("socks4a://127.0.0.1:{port}"),
+    ] {
+        let via = ProxyMatcher::builder().https(url.clone()).build();
+        let pool = pool_timed(&server, &via, None, Duration::from_millis(300));
+        let (logs, _guard) = Logs::capture();
+        let err = tokio::time::timeout(WAIT, call(&pool, &server.uri("/")))
+            .await
+            .unwrap_or_else(|_| panic!("{url}: the call hangs past the connect timeout"))
+            .unwrap_err();
+        assert_eq!(err, PoolError::Connect.to_string(), "{url}");
+        let text = logs.text();
+        assert!(text.contains("upstream connect timed out"), "{url}: {text}");
+        assert!(!text.contains(PASSWORD), "{url}: {text}");
+    }
+    assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
