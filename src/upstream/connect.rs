@@ -11,6 +11,10 @@
 //!   `socks5h://…` (the name sent, the proxy resolves it), with RFC 1929 user and password;
 //! - `socks4://[user@]host[:1080]` and `socks4a://…` (a user id, no password).
 //!
+//! Happy eyeballs races the addresses of whatever is connected to: the upstream, or the
+//! proxy. Through a SOCKS proxy that the dialer resolves for, the target is the resolver's
+//! first address: the proxy, not the dialer, makes that connection.
+//!
 //! Any other scheme the proxy rules pass on is refused when the client is built.
 //!
 //! Every failure is logged here at debug with its real cause (the resolver's, the socket's,
@@ -295,13 +299,12 @@ impl Dialer {
         };
         let proxy_failed =
             |e: String| connect_failed(format!("proxy {}:{}: {e}", proxy.host, proxy.port));
-        let tcp = connect_tcp(&proxy.host, proxy.port)
+        let mut tcp = connect_tcp(&proxy.host, proxy.port)
             .await
             .map_err(|e| proxy_failed(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match &proxy.tls {
             None => {
-                let mut tcp = tcp;
                 proxy
                     .open(&mut tcp, &self.host, self.port)
                     .await
@@ -454,9 +457,9 @@ where
     }
 }
 
-/// `CONNECT host:port` through an HTTP proxy; on success `tcp` carries the tunnel.
+/// `CONNECT host:port` through an HTTP proxy; on success `stream` carries the tunnel.
 async fn tunnel<S>(
-    tcp: &mut S,
+    stream: &mut S,
     host: &str,
     port: u16,
     auth: Option<&HeaderValue>,
@@ -476,7 +479,7 @@ where
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    tcp.write_all(&head).await.map_err(|e| e.to_string())?;
+    stream.write_all(&head).await.map_err(|e| e.to_string())?;
     let mut answer = Vec::with_capacity(256);
     loop {
         if answer.len() >= MAX_PROXY_HEAD {
@@ -485,7 +488,7 @@ where
         let mut chunk = [0u8; 256];
         // Byte by byte would be slow; the proxy sends nothing after its head until the
         // tunnel is used, so reading past the head cannot take bytes of the tunnel.
-        let n = tcp.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("closed during CONNECT".into());
         }
