@@ -724,7 +724,9 @@ mod tests {
                 Err(why) => panic!("no black hole on {hole_ip}: {why}"),
             };
             let hole = hole.local_addr().unwrap();
-            let server = TcpListener::bind((server_ip, 0)).await.unwrap();
+            let server = TcpListener::bind((server_ip, 0))
+                .await
+                .unwrap_or_else(|e| panic!("bind {server_ip}: {e} (loopback of each family)"));
             let server_addr = server.local_addr().unwrap();
             let started = std::time::Instant::now();
             let stream =

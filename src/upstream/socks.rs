@@ -33,9 +33,9 @@ pub(crate) enum Version {
 
 /// How to ask one SOCKS proxy for a tunnel.
 pub(crate) struct Socks {
-    pub version: Version,
+    version: Version,
     /// The proxy resolves the target's name (`socks5h`, `socks4a`); else the client does.
-    pub remote_dns: bool,
+    remote_dns: bool,
     /// SOCKS5: user name and password; SOCKS4: the user id (and an empty password).
     credentials: Option<Credentials>,
 }
