@@ -187,8 +187,9 @@ impl Gateway {
     /// (the upstream pool keeps HTTP/2 connections per thread) stay on the thread that
     /// accepted it. tokio's work-stealing runtime costs CPU on every wake-up at the rates a
     /// gateway sees (an idle worker is woken to look for work, finds little, and sleeps again):
-    /// 0.55–0.65 ms of CPU per link attempt on 2 cores against 0.48–0.50 this way
-    /// (benches/README.md, "Threads"). Returns when every thread has stopped; `shutdown`
+    /// on 2 cores, 0.56 ms of CPU per pending link attempt against 0.42 this way (medians of
+    /// alternating runs, benches/README.md "Issue #13", session 7). Returns when every thread
+    /// has stopped; `shutdown`
     /// is polled on the calling thread, which serves `listeners[0]` in `runtime`: a
     /// current-thread runtime the gateway was built in (its background tasks run there).
     pub fn serve_threads(

@@ -467,6 +467,29 @@ async fn idle_connections_are_closed_by_the_timer() {
     }
 }
 
+/// Answers one request on `stream` as a forwarding proxy relays an answer (`200`, `ok`), after
+/// recording its head and body (`{}`) in `seen`; the stream is held until the client is done.
+pub(super) async fn forward_once<S>(mut stream: S, seen: watch::Sender<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n{}") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    seen.send_replace(String::from_utf8_lossy(&head).into_owned());
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let _ = stream.read(&mut [0u8; 1]).await;
+}
+
 #[tokio::test]
 async fn a_plain_http_upstream_goes_through_http_proxy_as_absolute_form_requests() {
     // The proxy answers itself, as a forwarding proxy relays an answer.
@@ -475,19 +498,8 @@ async fn a_plain_http_upstream_goes_through_http_proxy_as_absolute_form_requests
     let seen = watch::Sender::new(String::new());
     let record = seen.clone();
     tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n{}") {
-            let mut byte = [0u8; 1];
-            if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(byte[0]);
-        }
-        record.send_replace(String::from_utf8_lossy(&head).into_owned());
-        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        forward_once(tcp, record).await;
     });
     let url = url::Url::parse("http://unipile.invalid:8080").unwrap();
     let via = ProxyMatcher::builder()

@@ -16,7 +16,7 @@ use super::{Dialer, Offer};
 use crate::simulator::{Alpn, SelfSigned};
 use crate::upstream::ProxyMatcher;
 use crate::upstream::pool::{Pool, PoolError};
-use crate::upstream::pool_tests::{Server, call, server};
+use crate::upstream::pool_tests::{Server, call, forward_once, server};
 
 const WAIT: Duration = Duration::from_secs(10);
 const USER: &str = "ann";
@@ -346,6 +346,19 @@ async fn an_https_proxy_tunnels_inside_tls_with_and_without_a_password() {
     }
 }
 
+/// Calls the server through `pool`, which must fail as a connect error within [`WAIT`], the
+/// debug log naming `cause` and neither the error nor the log carrying the password.
+async fn fails_to_connect_saying(pool: &Pool, server: &Server, cause: &str) {
+    let (logs, _guard) = Logs::capture();
+    let err = tokio::time::timeout(WAIT, call(pool, &server.uri("/")))
+        .await
+        .expect("the call ends")
+        .unwrap_err();
+    assert_eq!(err, PoolError::Connect.to_string(), "{cause}");
+    assert!(!err.contains(PASSWORD), "{err}");
+    assert_logged_without_secret(&logs, cause);
+}
+
 #[tokio::test]
 async fn a_wrong_https_proxy_password_fails_the_call_cleanly_and_is_not_logged() {
     let server = server(Alpn::Both, None).await;
@@ -354,14 +367,7 @@ async fn a_wrong_https_proxy_password_fails_the_call_cleanly_and_is_not_logged()
         .https(proxy.url("https", Some((USER, PASSWORD))))
         .build();
     let pool = pool_via(&server, &via, proxy.cert.as_ref());
-    let (logs, _guard) = Logs::capture();
-    let err = tokio::time::timeout(WAIT, call(&pool, &server.uri("/")))
-        .await
-        .expect("the call ends")
-        .unwrap_err();
-    assert_eq!(err, PoolError::Connect.to_string());
-    assert!(!err.contains(PASSWORD), "{err}");
-    assert_logged_without_secret(&logs, "CONNECT answered 407");
+    fails_to_connect_saying(&pool, &server, "CONNECT answered 407").await;
     assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
@@ -374,19 +380,11 @@ async fn an_https_proxy_with_a_certificate_nobody_vouches_for_is_a_connect_error
         .build();
     // The upstream's roots, without the proxy's certificate.
     let pool = pool_via(&server, &via, None);
-    let (logs, _guard) = Logs::capture();
-    let err = tokio::time::timeout(WAIT, call(&pool, &server.uri("/")))
-        .await
-        .expect("the call ends")
-        .unwrap_err();
-    assert_eq!(err, PoolError::Connect.to_string());
-    assert_logged_without_secret(
-        &logs,
-        &format!(
-            "proxy localhost:{}: TLS: invalid peer certificate",
-            proxy.port
-        ),
+    let cause = format!(
+        "proxy localhost:{}: TLS: invalid peer certificate",
+        proxy.port
     );
+    fails_to_connect_saying(&pool, &server, &cause).await;
     assert!(
         proxy.asked().is_empty(),
         "nothing sent to an untrusted proxy"
@@ -432,16 +430,12 @@ async fn a_wrong_socks5_password_fails_the_call_cleanly_and_is_not_logged() {
             .https(proxy.url(scheme, Some((USER, PASSWORD))))
             .build();
         let pool = pool_via(&server, &via, None);
-        let (logs, _guard) = Logs::capture();
-        let err = tokio::time::timeout(WAIT, call(&pool, &server.uri("/")))
-            .await
-            .expect("the call ends")
-            .unwrap_err();
-        assert_eq!(err, PoolError::Connect.to_string(), "{scheme}");
-        assert_logged_without_secret(
-            &logs,
+        fails_to_connect_saying(
+            &pool,
+            &server,
             "SOCKS5: the proxy refused the user name and password (status 1)",
-        );
+        )
+        .await;
         assert_eq!(proxy.asked(), ["refused login"], "{scheme}");
 
         // No password at all for a proxy that wants one.
@@ -449,10 +443,7 @@ async fn a_wrong_socks5_password_fails_the_call_cleanly_and_is_not_logged() {
             .https(proxy.url(scheme, None))
             .build();
         let pool = pool_via(&server, &via, None);
-        let (logs, _guard) = Logs::capture();
-        let err = call(&pool, &server.uri("/")).await.unwrap_err();
-        assert_eq!(err, PoolError::Connect.to_string(), "{scheme}");
-        assert_logged_without_secret(&logs, "SOCKS5: the proxy wants credentials");
+        fails_to_connect_saying(&pool, &server, "SOCKS5: the proxy wants credentials").await;
     }
     assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
@@ -497,22 +488,7 @@ async fn a_plain_http_upstream_goes_through_an_https_proxy_as_absolute_form_requ
     let (record, acceptor) = (seen.clone(), cert.acceptor.clone());
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(tcp).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n{}") {
-            let mut byte = [0u8; 1];
-            if tls.read(&mut byte).await.unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(byte[0]);
-        }
-        record.send_replace(String::from_utf8_lossy(&head).into_owned());
-        tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .unwrap();
-        tls.flush().await.unwrap();
-        // Held open until the client is done.
-        let _ = tls.read(&mut [0u8; 1]).await;
+        forward_once(acceptor.accept(tcp).await.unwrap(), record).await;
     });
     let url = url::Url::parse("http://unipile.invalid:8080").unwrap();
     let via = ProxyMatcher::builder()
