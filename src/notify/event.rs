@@ -25,6 +25,15 @@ pub struct Notes {
 }
 
 impl Notes {
+    /// Notes of an attempt known only by its intent (a session taken from a gone node).
+    pub fn with_intent(intent_id: Option<&str>) -> Notes {
+        let notes = Notes::default();
+        if let Some(intent) = intent_id {
+            let _ = notes.intent_id.set(intent.into());
+        }
+        notes
+    }
+
     /// Notes what a frame about to be sent says.
     pub fn note(&self, frame: &ServerFrame) {
         match frame {

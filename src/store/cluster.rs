@@ -12,6 +12,10 @@
 //! - the directory `{prefix}sessions` (a set of ids), for `GET /api/sessions` on any node;
 //! - `{prefix}node:{id}`, a heartbeat with a 2 s TTL: a node whose key is gone is dead and its
 //!   sessions are resumable anywhere;
+//! - `{prefix}nodes`, the set of nodes that have run: a node gone (killed, or shut down) with
+//!   sessions nobody resumed has them ended by another node once the resume grace has passed
+//!   (`Cluster::sweeper`: the `closed` event and the webhook they would otherwise never get),
+//!   then leaves the set; `{prefix}sweep:{id}`, the lock of the node sweeping it;
 //! - `{prefix}stats`, a hash with each node's dashboard numbers ([`super::stats`]) as a field,
 //!   written with every heartbeat; a dead node's field goes when a dashboard next reads;
 //! - `{prefix}node:{id}:cmd`, a list each node pops: `handoff` (a resume elsewhere wants the
@@ -58,6 +62,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a blocking pop of the command list waits before it looks at shutdown again.
 const POP_BLOCK_SECS: f64 = 1.0;
+/// How often a node looks for nodes that died or left with sessions nobody resumed; a sweep
+/// lock lives three times this long.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// At most one log line per failing operation this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -307,6 +314,8 @@ pub(super) struct Adopted {
     pub(super) rotation: u32,
     pub(super) last: Option<WireLast>,
     pub(super) cursor: Cursor,
+    /// The intent of its first `qr`, for its webhook.
+    pub(super) intent: Option<String>,
 }
 
 /// The last `qr` or `checkpoint` frame as kept in Redis.
@@ -403,6 +412,15 @@ return 1
 /// Releases what [`ADMIT`] counted. With sessions still open that is all; the last one gives
 /// the key the time its bucket takes to be full again (an expired bucket is a full one), or
 /// deletes it when it is full already. `ARGV[1]` is the bucket's rate a minute, `ARGV[2]` now.
+/// Takes a gone node's session (KEYS[1]) if it is still that node's (ARGV[1]): its fields, and
+/// the hash deleted; nothing if a resume moved it meanwhile.
+const TAKE: &str = r"
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return false end
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return fields
+";
+
 const RELEASE: &str = r"
 local active = redis.call('HINCRBY', KEYS[1], 'active', -1)
 if active > 0 then return 1 end
@@ -530,6 +548,7 @@ impl Cluster {
         }
         tracker.spawn(self.clone().heartbeat(memory.clone(), shutdown.clone()));
         tracker.spawn(self.clone().events(memory.clone(), shutdown.clone()));
+        tracker.spawn(self.clone().sweeper(memory.clone(), shutdown.clone()));
         tracker.spawn(self.clone().commands(memory, shutdown));
     }
 
@@ -547,6 +566,11 @@ impl Cluster {
 
     fn stats_key(&self) -> String {
         format!("{}stats", self.prefix)
+    }
+
+    /// The set of nodes that have run, until the last of a gone node's sessions has ended.
+    fn nodes_key(&self) -> String {
+        format!("{}nodes", self.prefix)
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -773,6 +797,7 @@ impl Cluster {
                 }
                 pipe.pset_ex(&key, 1, HEARTBEAT_TTL.as_millis() as u64)
                     .ignore();
+                pipe.sadd(self.nodes_key(), &self.node).ignore();
                 let set: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
                 self.set_up(set.is_ok());
                 if let Err(e) = set {
@@ -1231,8 +1256,170 @@ impl Cluster {
         Adopted::read(&fields).ok_or(ClaimError::Unknown)
     }
 
+    /// Ends, for good, the sessions of nodes that died or left and that nobody resumed: a
+    /// session lives in its node's memory, so with its node gone nothing else would end it, and
+    /// its hash would expire in Redis with no `closed` event and no webhook. A node gone (its
+    /// heartbeat missing) for the resume grace has its remaining sessions ended here as
+    /// `disconnected` (`link.abandoned`, as a detached session's grace ends on a live node),
+    /// one node sweeping each gone node (a lock in Redis); a session whose hash would expire
+    /// sooner is ended before it does. A resume that moved a session elsewhere took it off the
+    /// gone node, and the take is atomic on the hash, so a session is ended once, not both
+    /// resumed and ended. When none of its sessions is left, the gone node leaves the set of
+    /// nodes.
+    async fn sweeper(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
+        // When this node first found each gone node gone.
+        let mut gone_since: HashMap<String, std::time::Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(mut conn) = self.conn().await else {
+                continue;
+            };
+            let Ok(nodes) = conn.smembers::<_, Vec<String>>(self.nodes_key()).await else {
+                continue;
+            };
+            let others: Vec<String> = nodes.into_iter().filter(|n| *n != self.node).collect();
+            let mut pipe = redis::pipe();
+            for node in &others {
+                pipe.exists(self.node_key(node));
+            }
+            let Ok(alive) = pipe.query_async::<Vec<bool>>(&mut conn).await else {
+                continue;
+            };
+            let gone: Vec<String> = others
+                .into_iter()
+                .zip(alive)
+                .filter_map(|(node, alive)| (!alive).then_some(node))
+                .collect();
+            gone_since.retain(|node, _| gone.contains(node));
+            for node in gone {
+                let since = *gone_since
+                    .entry(node.clone())
+                    .or_insert_with(std::time::Instant::now);
+                if self.sweep_lock(&mut conn, &node).await {
+                    self.sweep(&mut conn, &node, since.elapsed(), &memory).await;
+                }
+            }
+        }
+    }
+
+    /// Whether this node sweeps gone node `node` now: the lock is free or already its own.
+    async fn sweep_lock(&self, conn: &mut ConnectionManager, node: &str) -> bool {
+        let key = format!("{}sweep:{node}", self.prefix);
+        let ttl = (SWEEP_EVERY * 3).as_millis() as u64;
+        let taken: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&self.node)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl)
+            .query_async(conn)
+            .await;
+        match taken {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                let holder: Option<String> = conn.get(&key).await.ok().flatten();
+                if holder.as_deref() == Some(self.node.as_str()) {
+                    let _: redis::RedisResult<()> = conn.pexpire(&key, ttl as i64).await;
+                    return true;
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One sweep of gone node `node`, gone for `gone_for` as far as this node knows.
+    async fn sweep(
+        &self,
+        conn: &mut ConnectionManager,
+        node: &str,
+        gone_for: Duration,
+        memory: &Weak<Memory>,
+    ) {
+        let Ok(ids) = conn.smembers::<_, Vec<String>>(self.directory()).await else {
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hget(self.key(id), "node").pttl(self.key(id));
+        }
+        let Ok(rows) = pipe.query_async::<Vec<(Option<String>, i64)>>(conn).await else {
+            return;
+        };
+        let mut left = 0;
+        for (id, (owner, ttl_ms)) in ids.iter().zip(rows) {
+            if owner.as_deref() != Some(node) {
+                continue;
+            }
+            let expiring = (0..(SWEEP_EVERY * 2).as_millis() as i64).contains(&ttl_ms);
+            if gone_for < self.grace && !expiring {
+                left += 1;
+                continue;
+            }
+            match self.take(conn, id, node).await {
+                Ok(Some(taken)) => {
+                    if let Some(memory) = memory.upgrade() {
+                        taken.end(&memory, id, Outcome::Disconnected);
+                    }
+                }
+                // Resumed elsewhere meanwhile.
+                Ok(None) => {}
+                // Redis did not answer: the next sweep sees.
+                Err(()) => left += 1,
+            }
+        }
+        if left == 0 {
+            // Nothing of it is left: it leaves the set of nodes (a node that comes back adds
+            // itself with its next heartbeat).
+            let _: redis::RedisResult<()> = conn.srem(self.nodes_key(), node).await;
+            let _: redis::RedisResult<()> = conn.del(format!("{}sweep:{node}", self.prefix)).await;
+        }
+    }
+
+    /// Takes session `id` off gone node `node` (atomically: `None` if a resume moved it
+    /// meanwhile), with its hash and directory entry, and gives back the place the gone node
+    /// held in its client's per-address count.
+    async fn take(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        node: &str,
+    ) -> Result<Option<Adopted>, ()> {
+        let taken: redis::RedisResult<Option<Vec<String>>> = redis::cmd("EVAL")
+            .arg(TAKE)
+            .arg(1)
+            .arg(self.key(id))
+            .arg(node)
+            .query_async(conn)
+            .await;
+        let Some(flat) = taken.map_err(|_| ())? else {
+            return Ok(None);
+        };
+        let _: redis::RedisResult<()> = conn.srem(self.directory(), id).await;
+        let fields: HashMap<String, String> = flat
+            .chunks_exact(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect();
+        let Some(adopted) = Adopted::read(&fields) else {
+            return Ok(None);
+        };
+        self.queue(Write::Release {
+            key: format!(
+                "{}{{ip:{}}}",
+                self.prefix,
+                super::limits::key_of(adopted.client.ip())
+            ),
+        });
+        Ok(Some(adopted))
+    }
+
     /// Cancels a session on the node that has it. False if no node has it.
-    pub(super) async fn cancel(&self, id: &str) -> bool {
+    pub(super) async fn cancel(&self, id: &str, memory: &Memory) -> bool {
         let Some(mut conn) = self.conn().await else {
             return false;
         };
@@ -1253,9 +1440,18 @@ impl Cluster {
                 Asked::NodeGone => {}
             }
         }
-        // Its node is dead: nobody else will end it.
-        self.ended(id);
-        true
+        // Its node is gone: nobody else will end it.
+        match self.take(&mut conn, id, &node).await {
+            Ok(Some(taken)) => {
+                taken.end(memory, id, Outcome::Cancelled);
+                true
+            }
+            Ok(None) => false,
+            Err(()) => {
+                self.ended(id);
+                true
+            }
+        }
     }
 
     /// The dashboard stats of every other node that is alive (`None` when Redis does not
@@ -1341,6 +1537,19 @@ impl Cluster {
 }
 
 impl Adopted {
+    /// Tells `memory`'s watchers and the webhook that this session, taken from a gone node
+    /// ([`Cluster::take`]), ended with `outcome`.
+    fn end(&self, memory: &Memory, id: &str, outcome: Outcome) {
+        memory.ended_on_a_gone_node(
+            id,
+            outcome,
+            &self.provider,
+            self.request.state.as_deref(),
+            self.intent.as_deref(),
+            self.started_at,
+        );
+    }
+
     fn read(fields: &HashMap<String, String>) -> Option<Adopted> {
         let wire: WireRequest = serde_json::from_str(fields.get("request")?).ok()?;
         let last: Option<WireLast> = fields
@@ -1403,6 +1612,7 @@ impl Adopted {
             rotation,
             last,
             cursor,
+            intent: fields.get("intent").cloned(),
         })
     }
 }

@@ -474,7 +474,8 @@ impl Memory {
                 known_at: 0,
             }),
             changed: Notify::new(),
-            notes: Notes::default(),
+            // Its first `qr` went out on another node: the intent comes with the record.
+            notes: Notes::with_intent(adopted.intent.as_deref()),
         });
         // A resume racing this one on this node for the same session finds it here.
         let entry = store.sessions.entry(id.to_owned()).or_insert_with(|| {
@@ -611,6 +612,43 @@ impl Memory {
             store.end(&session);
         });
         timer.abort_handle()
+    }
+
+    /// Reports the end of a session that a gone node had (cluster mode, taken from Redis by
+    /// [`super::cluster`]): `disconnected` when nobody resumed it within the grace, as a
+    /// detached session's grace ends here, or `cancelled` by an operator; to the watchers and
+    /// the webhook.
+    pub(super) fn ended_on_a_gone_node(
+        &self,
+        id: &str,
+        outcome: Outcome,
+        provider: &str,
+        state: Option<&str>,
+        intent_id: Option<&str>,
+        started_at: std::time::SystemTime,
+    ) {
+        let duration = started_at.elapsed().unwrap_or_default();
+        metrics::counter!("qrlink_sessions_ended_total",
+            "provider" => provider.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
+        if outcome == Outcome::Disconnected {
+            metrics::counter!("qrlink_resume_expiries_total").increment(1);
+        }
+        let notes = crate::notify::event::Notes::with_intent(intent_id);
+        super::tell_outbox(&self.notifier, outcome, None, |kind| Ending {
+            session: id,
+            provider,
+            state,
+            kind,
+            duration,
+            notes: &notes,
+        });
+        self.publish(|| WatchEvent::Closed {
+            session: id.to_owned(),
+            outcome,
+            duration_ms: duration.as_millis() as u64,
+            code: None,
+        });
     }
 
     /// Removes a session and tells watchers how it ended.

@@ -401,7 +401,7 @@ impl Store {
             return true;
         }
         match &memory.cluster {
-            Some(cluster) => cluster.cancel(id).await,
+            Some(cluster) => cluster.cancel(id, memory).await,
             None => false,
         }
     }

@@ -280,6 +280,31 @@ async fn a_node_that_shuts_down_closes_its_sockets_1012_and_another_node_resumes
     b.wait_for_no_sessions().await;
 }
 
+/// Waits until Redis has the record of each of `firsts` (a session's first QR). A frame does
+/// not wait for its record (a node killed within that moment leaves the frame before it), so a
+/// test kills a node only once this holds.
+async fn wait_written(redis: &TestRedis, prefix: &str, firsts: &[Envelope]) {
+    let mut conn = redis.conn().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for first in firsts {
+        let key = format!("{prefix}{{{}}}", first.session);
+        loop {
+            let seq: Option<u64> = redis::AsyncCommands::hget(&mut conn, &key, "seq")
+                .await
+                .unwrap();
+            if seq == Some(first.seq) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no record of {}'s first QR within 5 s",
+                first.session
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn when_a_node_is_killed_every_session_resumes_on_another_within_the_heartbeat_and_2_s() {
     const N: usize = 50;
@@ -304,27 +329,7 @@ async fn when_a_node_is_killed_every_session_resumes_on_another_within_the_heart
         firsts.push(qr_envelope(&mut client).await);
         clients.push(client);
     }
-    // A frame does not wait for its record (a node killed within that moment leaves the frame
-    // before it): the kill comes once Redis has each session's first QR.
-    let mut conn = redis.conn().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    for first in &firsts {
-        let key = format!("{prefix}{{{}}}", first.session);
-        loop {
-            let seq: Option<u64> = redis::AsyncCommands::hget(&mut conn, &key, "seq")
-                .await
-                .unwrap();
-            if seq == Some(first.seq) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "A wrote no record of {}'s first QR within 5 s",
-                first.session
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    wait_written(&redis, prefix, &firsts).await;
     a.child.start_kill().unwrap();
     let killed = std::time::Instant::now();
     a.child.wait().await.unwrap();
@@ -702,4 +707,166 @@ async fn stats_on_any_node_show_every_nodes_counts_and_their_sums_and_a_resumed_
     .await;
     assert_eq!(alone["nodes"][0]["node"], "b");
     assert_eq!(alone["total"]["ended"]["account"], 1);
+}
+
+/// A node killed with three sessions: the one resumed on B links there; one an operator
+/// cancels on B at once (`link.abandoned`, cancelled); the one nobody resumes is ended by B
+/// once the grace has passed (its node gone, nothing else would end it): `closed` to B's
+/// watchers, `link.abandoned` (disconnected) to the webhook with its state and intent, its
+/// hash and directory entry gone, and the gone node out of the set of nodes.
+#[tokio::test]
+async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_its_webhook() {
+    use crate::common::receiver::Receiver;
+    use qrlink::http::auth::{Claims, mint, now_secs};
+    const TOKENS: &str = "cluster-sweep-token-secret";
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let prefix = "qrt12:";
+    let url = redis.url();
+    let receiver = Receiver::start().await;
+    let hooks = receiver.url();
+    let args = |node| {
+        [
+            "--resume-grace",
+            "2s",
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            prefix,
+            "--node-id",
+            node,
+            "--webhook-url",
+            &hooks,
+            "--webhook-secret",
+            "whsec_Y2x1c3Rlci1zd2VlcC10ZXN0",
+            "--token-secret",
+            TOKENS,
+        ]
+        .map(str::to_owned)
+    };
+    let b_args = args("b");
+    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let b = TestGateway::with(common::sim_config(Duration::from_secs(30), 3), &b_args).await;
+    let mut watcher = b.connect("/ws/watch").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+    assert_eq!(snapshot["type"], "snapshot");
+    let a_args = args("a");
+    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let mut a = common::binary::start_binary_with(&b.upstream.url(), "info", &a_args, &[]).await;
+    let token = mint(
+        TOKENS,
+        &Claims {
+            sub: "user-9".into(),
+            exp: now_secs() + 300,
+            iat: Some(now_secs()),
+            provider: None,
+            account_id: None,
+            proxy: None,
+        },
+    );
+    let mut firsts = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client =
+            WsClient::connect(&format!("ws://{}/ws/link/whatsapp?token={token}", a.addr)).await;
+        firsts.push(qr_envelope(&mut client).await);
+        clients.push(client);
+    }
+    wait_written(&redis, prefix, &firsts).await;
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    drop(clients);
+
+    // The third is cancelled by an operator on B: its node is gone, so B ends it.
+    let deleted = reqwest::Client::new()
+        .delete(b.url(&format!("/api/sessions/{}", firsts[2].session)))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+
+    // The first resumes on B and links there.
+    let mut resumed = b
+        .connect(&format!(
+            "/ws/link/whatsapp?resume={}",
+            token_of(&firsts[0])
+        ))
+        .await;
+    assert!(qr_envelope(&mut resumed).await.replay);
+    b.wait_for_poll(&intent_of(&firsts[0]), PollOutcome::Pending)
+        .await;
+    b.sim().scan(&intent_of(&firsts[0])).unwrap();
+    common::ends_with_the_account(&mut resumed).await;
+
+    // The second: nobody comes back for it.
+    let abandoned = &firsts[1];
+    let hooks = receiver.wait_for(3).await;
+    let bodies: Vec<serde_json::Value> = hooks.iter().map(|h| h.json()).collect();
+    let of = |session: &str| {
+        bodies
+            .iter()
+            .find(|b| b["data"]["session"] == session)
+            .unwrap_or_else(|| panic!("no webhook for {session}: {bodies:?}"))
+    };
+    let linked = of(&firsts[0].session);
+    assert_eq!(linked["type"], "link.succeeded", "{linked}");
+    // Adopted on B from Redis: the intent of its first QR, shown on A, is in its webhook.
+    assert_eq!(
+        linked["data"]["intent_id"],
+        intent_of(&firsts[0]),
+        "{linked}"
+    );
+    let cancelled = of(&firsts[2].session);
+    assert_eq!(cancelled["type"], "link.abandoned", "{cancelled}");
+    assert_eq!(cancelled["data"]["reason"], "cancelled", "{cancelled}");
+    assert_eq!(
+        cancelled["data"]["intent_id"],
+        intent_of(&firsts[2]),
+        "{cancelled}"
+    );
+    let hook = of(&abandoned.session);
+    assert_eq!(hook["type"], "link.abandoned", "{hook}");
+    assert_eq!(hook["data"]["reason"], "disconnected", "{hook}");
+    assert_eq!(hook["data"]["state"], "user-9", "{hook}");
+    assert_eq!(hook["data"]["intent_id"], intent_of(abandoned), "{hook}");
+    assert_eq!(hook["data"]["provider"], "whatsapp", "{hook}");
+
+    let mut closed = std::collections::BTreeMap::new();
+    while closed.len() < 3 {
+        let event: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
+        if event["type"] == "closed" {
+            closed.insert(
+                event["session"].as_str().unwrap().to_owned(),
+                event["outcome"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    assert_eq!(closed[&firsts[0].session], "account");
+    assert_eq!(closed[&abandoned.session], "disconnected");
+    assert_eq!(closed[&firsts[2].session], "cancelled");
+    let mut conn = redis.conn().await;
+    let key = format!("{prefix}{{{}}}", abandoned.session);
+    let exists: bool = redis::AsyncCommands::exists(&mut conn, &key).await.unwrap();
+    assert!(!exists, "its hash is gone");
+    let directory: Vec<String> =
+        redis::AsyncCommands::smembers(&mut conn, format!("{prefix}sessions"))
+            .await
+            .unwrap();
+    assert!(!directory.contains(&abandoned.session), "{directory:?}");
+    // Once nothing of A is left, A leaves the set of nodes (within a sweep or two).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let nodes: Vec<String> =
+            redis::AsyncCommands::smembers(&mut conn, format!("{prefix}nodes"))
+                .await
+                .unwrap();
+        if nodes == ["b"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nodes: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One webhook each, no more.
+    assert_eq!(receiver.received().len(), 3);
 }
