@@ -421,6 +421,47 @@ async fn qrlink_frame_ancestors_alone_lets_a_site_embed_the_page_verbatim() {
 }
 
 #[tokio::test]
+async fn a_gateway_nobody_answers_at_gets_embed_unreachable_and_one_console_line() {
+    let site = Site::start(true).await;
+    // A loopback port nothing listens on any more: connections to it are refused.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    run(
+        "a_gateway_nobody_answers_at_gets_embed_unreachable_and_one_console_line",
+        async |page| {
+            page.goto(&site.host(&format!("/?provider=whatsapp&gateway=http://{closed}")))
+                .await;
+            page.click("#open").await;
+            page.wait_log("onExit", "e.cb === 'exit'").await;
+            let exit = page
+                .log()
+                .await
+                .into_iter()
+                .find(|e| e["cb"] == "exit")
+                .unwrap();
+            assert_eq!(exit["error"]["code"], "embed/unreachable", "{exit}");
+            assert_eq!(exit["error"]["retryable"], true, "{exit}");
+            page.assert_nothing_left().await;
+            let errors: Vec<String> = page.js("return __probe.errors").await;
+            assert_eq!(errors.len(), 1, "one console line: {errors:?}");
+            assert!(
+                errors[0].contains("cannot reach") && errors[0].contains(&closed.to_string()),
+                "the line names the address it could not reach: {errors:?}"
+            );
+            assert_eq!(page.exits().await, 1);
+            assert_eq!(
+                page.js::<String>("return document.activeElement.id").await,
+                "open"
+            );
+        },
+    )
+    .await;
+    assert!(site.sessions().await.is_empty(), "no attempt was started");
+}
+
+#[tokio::test]
 async fn a_frame_that_never_says_ready_ends_in_embed_unavailable() {
     let site = Site::start(true).await;
     run(
