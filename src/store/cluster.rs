@@ -303,6 +303,14 @@ impl WireEvent {
     }
 }
 
+/// A gone node, as this node's sweeper knows it ([`Cluster::sweeper`]).
+struct Gone {
+    /// When this node found it gone.
+    since: std::time::Instant,
+    /// Once this node sweeps it: its sessions and when each is due to end.
+    plan: Option<Vec<(String, std::time::Instant)>>,
+}
+
 /// A session's record as read back from Redis, for the node that adopts it.
 #[derive(Debug)]
 pub(super) struct Adopted {
@@ -1262,13 +1270,14 @@ impl Cluster {
     /// heartbeat missing) for the resume grace has its remaining sessions ended here as
     /// `disconnected` (`link.abandoned`, as a detached session's grace ends on a live node),
     /// one node sweeping each gone node (a lock in Redis); a session whose hash would expire
-    /// sooner is ended before it does. A resume that moved a session elsewhere took it off the
+    /// sooner is ended before it does. The sweeping node looks through the directory once per
+    /// gone node (again only if the sweep moves to another node), not every second: with
+    /// thousands of sessions that look is thousands of commands. A resume that moved a session elsewhere took it off the
     /// gone node, and the take is atomic on the hash, so a session is ended once, not both
     /// resumed and ended. When none of its sessions is left, the gone node leaves the set of
     /// nodes.
     async fn sweeper(self: Arc<Self>, memory: Weak<Memory>, shutdown: CancellationToken) {
-        // When this node first found each gone node gone.
-        let mut gone_since: HashMap<String, std::time::Instant> = HashMap::new();
+        let mut gone: HashMap<String, Gone> = HashMap::new();
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1290,18 +1299,33 @@ impl Cluster {
             let Ok(alive) = pipe.query_async::<Vec<bool>>(&mut conn).await else {
                 continue;
             };
-            let gone: Vec<String> = others
+            let now_gone: Vec<String> = others
                 .into_iter()
                 .zip(alive)
                 .filter_map(|(node, alive)| (!alive).then_some(node))
                 .collect();
-            gone_since.retain(|node, _| gone.contains(node));
-            for node in gone {
-                let since = *gone_since
-                    .entry(node.clone())
-                    .or_insert_with(std::time::Instant::now);
-                if self.sweep_lock(&mut conn, &node).await {
-                    self.sweep(&mut conn, &node, since.elapsed(), &memory).await;
+            gone.retain(|node, _| now_gone.contains(node));
+            for node in now_gone {
+                let g = gone.entry(node.clone()).or_insert_with(|| Gone {
+                    since: std::time::Instant::now(),
+                    plan: None,
+                });
+                if !self.sweep_lock(&mut conn, &node).await {
+                    // Another node sweeps it; if this one takes over, it looks again.
+                    g.plan = None;
+                    continue;
+                }
+                if g.plan.is_none() {
+                    g.plan = self.plan(&mut conn, &node, g.since).await;
+                }
+                let Some(plan) = &mut g.plan else { continue };
+                self.sweep(&mut conn, &node, plan, &memory).await;
+                if plan.is_empty() {
+                    // Nothing of it is left: it leaves the set of nodes (a node that comes
+                    // back adds itself with its next heartbeat).
+                    let _: redis::RedisResult<()> = conn.srem(self.nodes_key(), &node).await;
+                    let _: redis::RedisResult<()> =
+                        conn.del(format!("{}sweep:{node}", self.prefix)).await;
                 }
             }
         }
@@ -1333,52 +1357,71 @@ impl Cluster {
         }
     }
 
-    /// One sweep of gone node `node`, gone for `gone_for` as far as this node knows.
-    async fn sweep(
+    /// Gone node `node`'s sessions (one look through the directory) and when each is due to
+    /// end: the grace after `since`, or just before its hash would expire if that is sooner.
+    /// `None` when Redis does not answer.
+    async fn plan(
         &self,
         conn: &mut ConnectionManager,
         node: &str,
-        gone_for: Duration,
-        memory: &Weak<Memory>,
-    ) {
-        let Ok(ids) = conn.smembers::<_, Vec<String>>(self.directory()).await else {
-            return;
-        };
+        since: std::time::Instant,
+    ) -> Option<Vec<(String, std::time::Instant)>> {
+        let ids: Vec<String> = conn.smembers(self.directory()).await.ok()?;
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hget(self.key(id), "node").pttl(self.key(id));
         }
-        let Ok(rows) = pipe.query_async::<Vec<(Option<String>, i64)>>(conn).await else {
-            return;
-        };
-        let mut left = 0;
-        for (id, (owner, ttl_ms)) in ids.iter().zip(rows) {
-            if owner.as_deref() != Some(node) {
+        let rows: Vec<(Option<String>, i64)> = pipe.query_async(conn).await.ok()?;
+        let now = std::time::Instant::now();
+        let graced = since + self.grace;
+        Some(
+            ids.into_iter()
+                .zip(rows)
+                .filter(|(_, (owner, _))| owner.as_deref() == Some(node))
+                .map(|(id, (_, ttl_ms))| {
+                    let due = match u64::try_from(ttl_ms) {
+                        // -1: no expiry (-2, gone, was filtered out with its owner).
+                        Err(_) => graced,
+                        Ok(ms) => graced.min(
+                            (now + Duration::from_millis(ms))
+                                .checked_sub(SWEEP_EVERY * 2)
+                                .unwrap_or(now),
+                        ),
+                    };
+                    (id, due)
+                })
+                .collect(),
+        )
+    }
+
+    /// Ends the sessions of `plan` (gone node `node`'s) that are due; keeps the others, and
+    /// those Redis did not answer for, for the next sweep.
+    async fn sweep(
+        &self,
+        conn: &mut ConnectionManager,
+        node: &str,
+        plan: &mut Vec<(String, std::time::Instant)>,
+        memory: &Weak<Memory>,
+    ) {
+        let now = std::time::Instant::now();
+        let mut kept = Vec::new();
+        for (id, due) in plan.drain(..) {
+            if due > now {
+                kept.push((id, due));
                 continue;
             }
-            let expiring = (0..(SWEEP_EVERY * 2).as_millis() as i64).contains(&ttl_ms);
-            if gone_for < self.grace && !expiring {
-                left += 1;
-                continue;
-            }
-            match self.take(conn, id, node).await {
+            match self.take(conn, &id, node).await {
                 Ok(Some(taken)) => {
                     if let Some(memory) = memory.upgrade() {
-                        taken.end(&memory, id, Outcome::Disconnected);
+                        taken.end(&memory, &id, Outcome::Disconnected);
                     }
                 }
                 // Resumed elsewhere meanwhile.
                 Ok(None) => {}
-                // Redis did not answer: the next sweep sees.
-                Err(()) => left += 1,
+                Err(()) => kept.push((id, due)),
             }
         }
-        if left == 0 {
-            // Nothing of it is left: it leaves the set of nodes (a node that comes back adds
-            // itself with its next heartbeat).
-            let _: redis::RedisResult<()> = conn.srem(self.nodes_key(), node).await;
-            let _: redis::RedisResult<()> = conn.del(format!("{}sweep:{node}", self.prefix)).await;
-        }
+        *plan = kept;
     }
 
     /// Takes session `id` off gone node `node` (atomically: `None` if a resume moved it

@@ -709,11 +709,13 @@ async fn stats_on_any_node_show_every_nodes_counts_and_their_sums_and_a_resumed_
     assert_eq!(alone["total"]["ended"]["account"], 1);
 }
 
-/// A node killed with three sessions: the one resumed on B links there; one an operator
+/// A node killed with four sessions: the one resumed on B links there; one an operator
 /// cancels on B at once (`link.abandoned`, cancelled); the one nobody resumes is ended by B
 /// once the grace has passed (its node gone, nothing else would end it): `closed` to B's
 /// watchers, `link.abandoned` (disconnected) to the webhook with its state and intent, its
-/// hash and directory entry gone, and the gone node out of the set of nodes.
+/// hash and directory entry gone, and the gone node out of the set of nodes. The fourth was
+/// detached on A before the kill, so its hash expires before the grace since the kill has
+/// passed: B ends it before its hash goes.
 #[tokio::test]
 async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_its_webhook() {
     use crate::common::receiver::Receiver;
@@ -729,7 +731,7 @@ async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_it
     let args = |node| {
         [
             "--resume-grace",
-            "2s",
+            "4s",
             "--redis-url",
             &url,
             "--redis-prefix",
@@ -767,13 +769,29 @@ async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_it
     );
     let mut firsts = Vec::new();
     let mut clients = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let mut client =
             WsClient::connect(&format!("ws://{}/ws/link/whatsapp?token={token}", a.addr)).await;
         firsts.push(qr_envelope(&mut client).await);
         clients.push(client);
     }
     wait_written(&redis, prefix, &firsts).await;
+    // The fourth's page goes away while A is up: A detaches it (its hash now lives the grace).
+    let detached = &firsts[3];
+    drop(clients.pop());
+    let mut conn = redis.conn().await;
+    let key = format!("{prefix}{{{}}}", detached.session);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let holder: Option<String> = redis::AsyncCommands::hget(&mut conn, &key, "holder")
+            .await
+            .unwrap();
+        if holder.as_deref() == Some("") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "holder {holder:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     a.child.start_kill().unwrap();
     a.child.wait().await.unwrap();
     drop(clients);
@@ -801,7 +819,7 @@ async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_it
 
     // The second: nobody comes back for it.
     let abandoned = &firsts[1];
-    let hooks = receiver.wait_for(3).await;
+    let hooks = receiver.wait_for(4).await;
     let bodies: Vec<serde_json::Value> = hooks.iter().map(|h| h.json()).collect();
     let of = |session: &str| {
         bodies
@@ -831,9 +849,12 @@ async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_it
     assert_eq!(hook["data"]["state"], "user-9", "{hook}");
     assert_eq!(hook["data"]["intent_id"], intent_of(abandoned), "{hook}");
     assert_eq!(hook["data"]["provider"], "whatsapp", "{hook}");
+    let early = of(&detached.session);
+    assert_eq!(early["type"], "link.abandoned", "{early}");
+    assert_eq!(early["data"]["reason"], "disconnected", "{early}");
 
     let mut closed = std::collections::BTreeMap::new();
-    while closed.len() < 3 {
+    while closed.len() < 4 {
         let event: serde_json::Value = serde_json::from_str(&watcher.ws_text().await).unwrap();
         if event["type"] == "closed" {
             closed.insert(
@@ -845,7 +866,7 @@ async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_it
     assert_eq!(closed[&firsts[0].session], "account");
     assert_eq!(closed[&abandoned.session], "disconnected");
     assert_eq!(closed[&firsts[2].session], "cancelled");
-    let mut conn = redis.conn().await;
+    assert_eq!(closed[&detached.session], "disconnected");
     let key = format!("{prefix}{{{}}}", abandoned.session);
     let exists: bool = redis::AsyncCommands::exists(&mut conn, &key).await.unwrap();
     assert!(!exists, "its hash is gone");
@@ -868,5 +889,5 @@ async fn a_killed_nodes_session_that_nobody_resumes_ends_after_the_grace_with_it
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // One webhook each, no more.
-    assert_eq!(receiver.received().len(), 3);
+    assert_eq!(receiver.received().len(), 4);
 }

@@ -34,7 +34,7 @@ async fn sign_in(page: &Page, ex: &Example, name: &str) {
     page.goto_until(
         &ex.url("/"),
         "the page",
-        "return document.body.dataset.ready === 'true'",
+        "return !!document.body && document.body.dataset.ready === 'true'",
     )
     .await;
     page.type_into("#name", name).await;
