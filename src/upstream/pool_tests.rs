@@ -507,10 +507,17 @@ async fn a_plain_http_upstream_goes_through_http_proxy_as_absolute_form_requests
         .build();
     let dialer = Dialer::new(&url, Offer::Both, tls::roots(None).unwrap(), &via, WAIT).unwrap();
     let pool = Pool::new(dialer, 100, WAIT);
+    forwarded_in_absolute_form(&pool, &seen).await;
+}
+
+/// Calls `http://unipile.invalid:8080/…` through `pool`, whose forwarding proxy ([`forward_once`])
+/// records the request in `seen`: it went in absolute form, with its `Host` and the proxy
+/// URL's `u:p` as `Proxy-Authorization`.
+pub(super) async fn forwarded_in_absolute_form(pool: &Pool, seen: &watch::Sender<String>) {
     let uri: hyper::Uri = "http://unipile.invalid:8080/v2/auth/checkpoint"
         .parse()
         .unwrap();
-    assert_eq!(call(&pool, &uri).await.unwrap(), "ok");
+    assert_eq!(call(pool, &uri).await.unwrap(), "ok");
     let head = seen.borrow().clone();
     assert!(
         head.starts_with("POST http://unipile.invalid:8080/v2/auth/checkpoint HTTP/1.1\r\n"),

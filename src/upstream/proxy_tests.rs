@@ -16,7 +16,7 @@ use super::{Dialer, Offer};
 use crate::simulator::{Alpn, SelfSigned};
 use crate::upstream::ProxyMatcher;
 use crate::upstream::pool::{Pool, PoolError};
-use crate::upstream::pool_tests::{Server, call, forward_once, server};
+use crate::upstream::pool_tests::{Server, call, forward_once, forwarded_in_absolute_form, server};
 
 const WAIT: Duration = Duration::from_secs(10);
 const USER: &str = "ann";
@@ -498,19 +498,7 @@ async fn a_plain_http_upstream_goes_through_an_https_proxy_as_absolute_form_requ
     roots.add(cert.cert_der.clone()).unwrap();
     let dialer = Dialer::new(&url, Offer::Both, roots, &via, WAIT).unwrap();
     let pool = Pool::new(dialer, 100, WAIT);
-    let uri: hyper::Uri = "http://unipile.invalid:8080/v2/auth/checkpoint"
-        .parse()
-        .unwrap();
-    assert_eq!(call(&pool, &uri).await.unwrap(), "ok");
-    let head = seen.borrow().clone();
-    assert!(
-        head.starts_with("POST http://unipile.invalid:8080/v2/auth/checkpoint HTTP/1.1\r\n"),
-        "{head}"
-    );
-    assert!(
-        head.contains("proxy-authorization: Basic dTpw\r\n"),
-        "{head}"
-    );
+    forwarded_in_absolute_form(&pool, &seen).await;
 }
 
 #[tokio::test]

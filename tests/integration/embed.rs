@@ -366,27 +366,10 @@ async fn a_host_origin_the_gateway_does_not_allow_gets_embed_forbidden_and_one_c
         "a_host_origin_the_gateway_does_not_allow_gets_embed_forbidden_and_one_console_line",
         async |page| {
             page.goto(&site.host("/?provider=whatsapp")).await;
-            page.click("#open").await;
-            page.wait_log("onExit", "e.cb === 'exit'").await;
-            let exit = page
-                .log()
-                .await
-                .into_iter()
-                .find(|e| e["cb"] == "exit")
-                .unwrap();
-            assert_eq!(exit["error"]["code"], "embed/forbidden", "{exit}");
-            page.assert_nothing_left().await;
-            let errors: Vec<String> = page.js("return __probe.errors").await;
-            assert_eq!(errors.len(), 1, "one console line: {errors:?}");
+            let (_, line) = exits_before_any_frame(page, "embed/forbidden").await;
             assert!(
-                errors[0].contains(&site.host.origin())
-                    && errors[0].contains("QRLINK_ALLOWED_ORIGINS"),
-                "the line names this origin and the setting: {errors:?}"
-            );
-            assert_eq!(page.exits().await, 1);
-            assert_eq!(
-                page.js::<String>("return document.activeElement.id").await,
-                "open"
+                line.contains(&site.host.origin()) && line.contains("QRLINK_ALLOWED_ORIGINS"),
+                "the line names this origin and the setting: {line}"
             );
         },
     )
@@ -420,6 +403,30 @@ async fn qrlink_frame_ancestors_alone_lets_a_site_embed_the_page_verbatim() {
     .await;
 }
 
+/// Clicks Open on a host page whose modal ends before any frame: `onExit` once with `code`,
+/// nothing left behind, focus back on the button, and one console line, returned with the
+/// `onExit` entry.
+async fn exits_before_any_frame(page: &Page, code: &str) -> (Value, String) {
+    page.click("#open").await;
+    page.wait_log("onExit", "e.cb === 'exit'").await;
+    let exit = page
+        .log()
+        .await
+        .into_iter()
+        .find(|e| e["cb"] == "exit")
+        .unwrap();
+    assert_eq!(exit["error"]["code"], code, "{exit}");
+    page.assert_nothing_left().await;
+    let mut errors: Vec<String> = page.js("return __probe.errors").await;
+    assert_eq!(errors.len(), 1, "one console line: {errors:?}");
+    assert_eq!(page.exits().await, 1);
+    assert_eq!(
+        page.js::<String>("return document.activeElement.id").await,
+        "open"
+    );
+    (exit, errors.remove(0))
+}
+
 #[tokio::test]
 async fn a_gateway_nobody_answers_at_gets_embed_unreachable_and_one_console_line() {
     let site = Site::start(true).await;
@@ -433,27 +440,11 @@ async fn a_gateway_nobody_answers_at_gets_embed_unreachable_and_one_console_line
         async |page| {
             page.goto(&site.host(&format!("/?provider=whatsapp&gateway=http://{closed}")))
                 .await;
-            page.click("#open").await;
-            page.wait_log("onExit", "e.cb === 'exit'").await;
-            let exit = page
-                .log()
-                .await
-                .into_iter()
-                .find(|e| e["cb"] == "exit")
-                .unwrap();
-            assert_eq!(exit["error"]["code"], "embed/unreachable", "{exit}");
+            let (exit, line) = exits_before_any_frame(page, "embed/unreachable").await;
             assert_eq!(exit["error"]["retryable"], true, "{exit}");
-            page.assert_nothing_left().await;
-            let errors: Vec<String> = page.js("return __probe.errors").await;
-            assert_eq!(errors.len(), 1, "one console line: {errors:?}");
             assert!(
-                errors[0].contains("cannot reach") && errors[0].contains(&closed.to_string()),
-                "the line names the address it could not reach: {errors:?}"
-            );
-            assert_eq!(page.exits().await, 1);
-            assert_eq!(
-                page.js::<String>("return document.activeElement.id").await,
-                "open"
+                line.contains("cannot reach") && line.contains(&closed.to_string()),
+                "the line names the address it could not reach: {line}"
             );
         },
     )
