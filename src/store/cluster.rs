@@ -581,6 +581,16 @@ impl Cluster {
         format!("{}nodes", self.prefix)
     }
 
+    /// The lock of the node sweeping gone node `node`.
+    fn sweep_key(&self, node: &str) -> String {
+        format!("{}sweep:{node}", self.prefix)
+    }
+
+    /// The open count and token bucket of client address `ip` (already [`super::limits::key_of`]).
+    fn ip_key(&self, ip: std::net::IpAddr) -> String {
+        format!("{}{{ip:{ip}}}", self.prefix)
+    }
+
     fn node_key(&self, node: &str) -> String {
         format!("{}node:{node}", self.prefix)
     }
@@ -832,7 +842,7 @@ impl Cluster {
             metrics::counter!("qrlink_redis_errors_total", "op" => "limits").increment(1);
             return Ok(None);
         };
-        let key = format!("{}{{ip:{ip}}}", self.prefix);
+        let key = self.ip_key(ip);
         let admitted: redis::RedisResult<i64> = redis::cmd("EVAL")
             .arg(ADMIT)
             .arg(1)
@@ -1324,8 +1334,7 @@ impl Cluster {
                     // Nothing of it is left: it leaves the set of nodes (a node that comes
                     // back adds itself with its next heartbeat).
                     let _: redis::RedisResult<()> = conn.srem(self.nodes_key(), &node).await;
-                    let _: redis::RedisResult<()> =
-                        conn.del(format!("{}sweep:{node}", self.prefix)).await;
+                    let _: redis::RedisResult<()> = conn.del(self.sweep_key(&node)).await;
                 }
             }
         }
@@ -1333,7 +1342,7 @@ impl Cluster {
 
     /// Whether this node sweeps gone node `node` now: the lock is free or already its own.
     async fn sweep_lock(&self, conn: &mut ConnectionManager, node: &str) -> bool {
-        let key = format!("{}sweep:{node}", self.prefix);
+        let key = self.sweep_key(node);
         let ttl = (SWEEP_EVERY * 3).as_millis() as u64;
         let taken: redis::RedisResult<Option<String>> = redis::cmd("SET")
             .arg(&key)
@@ -1452,11 +1461,7 @@ impl Cluster {
             return Ok(None);
         };
         self.queue(Write::Release {
-            key: format!(
-                "{}{{ip:{}}}",
-                self.prefix,
-                super::limits::key_of(adopted.client.ip())
-            ),
+            key: self.ip_key(super::limits::key_of(adopted.client.ip())),
         });
         Ok(Some(adopted))
     }

@@ -641,27 +641,41 @@ impl Memory {
         intent_id: Option<&str>,
         started_at: std::time::SystemTime,
     ) {
-        let duration = started_at.elapsed().unwrap_or_default();
-        metrics::counter!("qrlink_sessions_ended_total",
-            "provider" => provider.to_owned(), "outcome" => outcome.as_str())
-        .increment(1);
         if outcome == Outcome::Disconnected {
             metrics::counter!("qrlink_resume_expiries_total").increment(1);
         }
         let notes = crate::notify::event::Notes::with_intent(intent_id);
-        super::tell_outbox(&self.notifier, outcome, None, |kind| Ending {
+        let duration = started_at.elapsed().unwrap_or_default();
+        self.report_end(id, provider, state, &notes, (outcome, None), duration);
+    }
+
+    /// Counts an ended session and tells the webhook and the watchers how it ended (for this
+    /// node's sessions, [`Memory::end`]; for a gone node's, [`Memory::ended_on_a_gone_node`]).
+    fn report_end(
+        &self,
+        id: &str,
+        provider: &str,
+        state: Option<&str>,
+        notes: &Notes,
+        (outcome, code): (Outcome, Option<String>),
+        duration: Duration,
+    ) {
+        metrics::counter!("qrlink_sessions_ended_total",
+            "provider" => provider.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
+        super::tell_outbox(&self.notifier, outcome, code.as_deref(), |kind| Ending {
             session: id,
             provider,
             state,
             kind,
             duration,
-            notes: &notes,
+            notes,
         });
         self.publish(|| WatchEvent::Closed {
             session: id.to_owned(),
             outcome,
             duration_ms: duration.as_millis() as u64,
-            code: None,
+            code,
         });
     }
 
@@ -678,30 +692,21 @@ impl Memory {
             .outcome
             .get_or_init(|| (Outcome::Disconnected, None))
             .clone();
-        let provider = session.provider.clone();
-        metrics::gauge!("qrlink_sessions_active", "provider" => provider.clone()).decrement(1.0);
-        metrics::counter!("qrlink_sessions_ended_total",
-            "provider" => provider, "outcome" => outcome.as_str())
-        .increment(1);
+        metrics::gauge!("qrlink_sessions_active", "provider" => session.provider.clone())
+            .decrement(1.0);
         // A resume waiting on this session finds it ended.
         session.changed.notify_waiters();
         let duration = session.started.elapsed();
         self.stats.ended(outcome, duration);
         let request = session.lock().request.clone();
-        super::tell_outbox(&self.notifier, outcome, code.as_deref(), |kind| Ending {
-            session: &session.id,
-            provider: &session.provider,
-            state: request.state.as_deref(),
-            kind,
+        self.report_end(
+            &session.id,
+            &session.provider,
+            request.state.as_deref(),
+            &session.notes,
+            (outcome, code),
             duration,
-            notes: &session.notes,
-        });
-        self.publish(|| WatchEvent::Closed {
-            session: session.id.clone(),
-            outcome,
-            duration_ms: duration.as_millis() as u64,
-            code,
-        });
+        );
     }
 }
 

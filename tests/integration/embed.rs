@@ -238,12 +238,7 @@ async fn esc_closes_the_modal_with_on_exit_null_once_and_the_session_ends_even_w
             );
             page.press(Key::Escape).await;
             page.wait_log("onExit", "e.cb === 'exit'").await;
-            let exit = page
-                .log()
-                .await
-                .into_iter()
-                .find(|e| e["cb"] == "exit")
-                .unwrap();
+            let exit = page.exit().await;
             assert_eq!(exit["error"], Value::Null, "{exit}");
             assert!(
                 exit["meta"]["session"].as_str().is_some_and(|s| s.starts_with("ses_")),
@@ -294,12 +289,7 @@ async fn an_upstream_proxy_error_stays_on_screen_and_on_exit_gets_it_when_closed
             page.screenshot_as("error-view").await;
             page.click("[data-qrlink=close]").await;
             page.wait_log("onExit", "e.cb === 'exit'").await;
-            let exit = page
-                .log()
-                .await
-                .into_iter()
-                .find(|e| e["cb"] == "exit")
-                .unwrap();
+            let exit = page.exit().await;
             assert_eq!(exit["error"]["code"], "api/proxy_error", "{exit}");
             assert_eq!(exit["error"]["retryable"], true, "{exit}");
             assert_eq!(exit["error"]["detail"], "the proxy refused", "{exit}");
@@ -409,12 +399,7 @@ async fn qrlink_frame_ancestors_alone_lets_a_site_embed_the_page_verbatim() {
 async fn exits_before_any_frame(page: &Page, code: &str) -> (Value, String) {
     page.click("#open").await;
     page.wait_log("onExit", "e.cb === 'exit'").await;
-    let exit = page
-        .log()
-        .await
-        .into_iter()
-        .find(|e| e["cb"] == "exit")
-        .unwrap();
+    let exit = page.exit().await;
     assert_eq!(exit["error"]["code"], code, "{exit}");
     page.assert_nothing_left().await;
     let mut errors: Vec<String> = page.js("return __probe.errors").await;
@@ -473,12 +458,7 @@ async fn a_frame_that_never_says_ready_ends_in_embed_unavailable() {
                 );
                 tokio::time::sleep(browser::POLL * 5).await;
             }
-            let exit = page
-                .log()
-                .await
-                .into_iter()
-                .find(|e| e["cb"] == "exit")
-                .unwrap();
+            let exit = page.exit().await;
             assert_eq!(exit["error"]["code"], "embed/unavailable", "{exit}");
             page.assert_nothing_left().await;
             let errors: Vec<String> = page.js("return __probe.errors").await;
@@ -991,6 +971,7 @@ trait HostPage {
     async fn log(&self) -> Vec<Value>;
     async fn wait_log(&self, what: &str, predicate: &str);
     async fn exits(&self) -> usize;
+    async fn exit(&self) -> Value;
     async fn assert_nothing_left(&self);
     async fn shift_tab(&self);
 }
@@ -1012,6 +993,15 @@ impl HostPage for Page {
     async fn exits(&self) -> usize {
         self.js("return window.__log.filter((e) => e.cb === 'exit').length")
             .await
+    }
+
+    /// The first `onExit` entry of the log (there must be one).
+    async fn exit(&self) -> Value {
+        self.log()
+            .await
+            .into_iter()
+            .find(|e| e["cb"] == "exit")
+            .expect("an onExit entry")
     }
 
     /// No element, window listener or timer of qrlink.js is left, and the page behind is

@@ -29,6 +29,22 @@ mod app;
 // ------------------------------------------------------------------------------------------
 // The tests
 
+/// Clicks `button`, scans in the modal, and waits for the WhatsApp account to be listed as
+/// confirmed by both the result token and the webhook; returns its id as shown.
+async fn link_whatsapp(page: &Page, ex: &Example, button: &str) -> String {
+    page.click(button).await;
+    scan_in_the_modal(page, ex).await;
+    page.wait_js(
+        "the account, confirmed by the result token and the webhook",
+        "return !!document.querySelector('#accounts li[data-by-result=\"true\"]\
+         [data-by-webhook=\"true\"]')",
+    )
+    .await;
+    let text = page.text("#accounts li").await;
+    assert!(text.contains("(whatsapp)"), "got {text:?}");
+    page.attr("#accounts li", "data-account-id").await
+}
+
 /// The example's own page, signed in as `name` (the session cookie serves both its pages).
 async fn sign_in(page: &Page, ex: &Example, name: &str) {
     page.goto_until(
@@ -353,18 +369,8 @@ async fn the_example_page_exits_on_esc_then_links_an_account_its_backend_verifie
             assert_eq!(page.text("#message").await, "", "Esc is no error");
             assert_eq!(page.count("#accounts li").await, 0);
 
-            page.click("#link-whatsapp").await;
-            scan_in_the_modal(page, &ex).await;
-            page.wait_js(
-                "the account, confirmed by the result token and the webhook",
-                "return !!document.querySelector('#accounts li[data-by-result=\"true\"]\
-                 [data-by-webhook=\"true\"]')",
-            )
-            .await;
+            shown_account = link_whatsapp(page, &ex, "#link-whatsapp").await;
             assert_eq!(page.count("#accounts li").await, 1);
-            let text = page.text("#accounts li").await;
-            assert!(text.contains("(whatsapp)"), "got {text:?}");
-            shown_account = page.attr("#accounts li", "data-account-id").await;
             assert_eq!(page.text("#message").await, "");
             let webhooks = page.text("#webhooks").await;
             assert!(
@@ -409,17 +415,7 @@ async fn the_react_example_builds_renders_links_an_account_and_unmounts_its_moda
             )
             .await;
             assert!(page.text("main").await.contains("Signed in as grace"));
-            page.click("button#link").await;
-            scan_in_the_modal(page, &ex).await;
-            page.wait_js(
-                "the account, confirmed by the result token and the webhook",
-                "return !!document.querySelector('#accounts li[data-by-result=\"true\"]\
-             [data-by-webhook=\"true\"]')",
-            )
-            .await;
-            let text = page.text("#accounts li").await;
-            assert!(text.contains("(whatsapp)"), "got {text:?}");
-            shown_account = page.attr("#accounts li", "data-account-id").await;
+            shown_account = link_whatsapp(page, &ex, "button#link").await;
             page.screenshot().await;
 
             // Signed out by another tab while the modal is open: the button unmounts, and
